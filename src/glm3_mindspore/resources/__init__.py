@@ -1,0 +1,10 @@
+"""Data files shipped with the package."""
+
+from pathlib import Path
+
+_HERE = Path(__file__).parent
+
+
+def adgen_dev_path() -> Path:
+    """The 1,070-row ADGEN dev split (``content`` -> ``summary`` JSON lines)."""
+    return _HERE / "adgen" / "dev.json"

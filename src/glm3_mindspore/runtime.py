@@ -1,0 +1,41 @@
+"""Host set-up for MindSpore and the one backend switch the model code consults.
+
+On CPU, MindSpore's asynchronous dispatch makes the many small ops of a
+transformer 5-10x slower and reports errors at the wrong op, so importing this
+package switches CPU execution to synchronous launch. Nothing else is changed:
+no environment variables, no global dtype, no execution mode.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import mindspore as ms
+
+_configured = False
+
+
+def device_target() -> str:
+    """The device MindSpore runs on: ``"CPU"``, ``"GPU"`` or ``"Ascend"``."""
+    return ms.get_context("device_target")
+
+
+def is_ascend() -> bool:
+    """True when fused Ascend kernels (flash attention, rms_norm, rotary) may be used."""
+    return device_target() == "Ascend"
+
+
+def configure_host() -> None:
+    """Make MindSpore behave well on this host; called once at import, idempotent."""
+    global _configured
+    if _configured:
+        return
+    if device_target() == "CPU":
+        ms.runtime.launch_blocking()
+    _configured = True
+
+
+@functools.lru_cache(maxsize=None)
+def supports_bf16_matmul() -> bool:
+    """MindSpore has no bfloat16 matmul kernel on CPU; Ascend and GPU have one."""
+    return device_target() != "CPU"
