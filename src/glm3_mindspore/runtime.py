@@ -36,6 +36,6 @@ def configure_host() -> None:
 
 
 @functools.lru_cache(maxsize=None)
-def supports_bf16_matmul() -> bool:
-    """MindSpore has no bfloat16 matmul kernel on CPU; Ascend and GPU have one."""
+def supports_bf16_compute() -> bool:
+    """MindSpore's CPU backend has no bfloat16 matmul or gather kernels; Ascend and GPU have them."""
     return device_target() != "CPU"

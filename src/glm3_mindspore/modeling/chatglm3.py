@@ -1,0 +1,207 @@
+"""ChatGLM3 models: the base transformer and its language-model and classification heads.
+
+Upstream layout (``modeling_chatglm.py``) and parameter names are kept:
+``transformer.embedding.word_embeddings``, ``transformer.encoder.layers.N...``,
+``transformer.encoder.final_layernorm``, ``transformer.output_layer``; so a hub
+checkpoint loads name for name. Activations are ``[batch, seq, hidden]``.
+"""
+
+from __future__ import annotations
+
+from typing import List, NamedTuple, Optional, Tuple
+
+import mindspore as ms
+from mindspore import Tensor, nn, ops
+
+from ..configuration import ChatGLM3Config
+from . import kernels
+from .layers import Embedding, Linear, RotaryEmbedding
+from .prefix_encoder import PrefixEncoder
+from .pretrained import ChatGLM3PreTrainedModel
+from .transformer import GLMTransformer
+
+IGNORE_INDEX = -100
+
+KVCaches = List[Tuple[Tensor, Tensor]]
+
+
+class BaseModelOutput(NamedTuple):
+    last_hidden_state: Tensor
+
+
+class CausalLMOutput(NamedTuple):
+    loss: Optional[Tensor]
+    logits: Tensor
+
+
+class SequenceClassifierOutput(NamedTuple):
+    loss: Optional[Tensor]
+    logits: Tensor
+
+
+class WordEmbedding(nn.Cell):
+    """Upstream's ``Embedding`` wrapper, kept so the parameter is ``embedding.word_embeddings.weight``."""
+
+    def __init__(self, config: ChatGLM3Config, dtype) -> None:
+        super().__init__()
+        self.word_embeddings = Embedding(config.padded_vocab_size, config.hidden_size, dtype=dtype)
+
+    def construct(self, input_ids: Tensor) -> Tensor:
+        return self.word_embeddings(input_ids)
+
+
+class ChatGLM3Model(ChatGLM3PreTrainedModel):
+    """Embedding, rotary tables, encoder and the (untied) output projection.
+
+    ``construct`` returns the final hidden states; heads apply ``output_layer``.
+    Three ways to attend:
+
+    * no cache: causal attention over the ``S`` given tokens (training, scoring);
+    * ``kv_caches`` (one ``(key, value)`` pair of ``[B, G, L, D]`` per layer) and
+      ``cache_position``: new keys are written at ``cache_position`` and queries
+      read the whole cache; ``attention_mask`` then covers all ``L`` slots;
+    * with ``pre_seq_len`` (P-Tuning v2) and no cache, learned prefixes are
+      prepended to every layer's keys and values, as upstream does.
+    """
+
+    def __init__(self, config: ChatGLM3Config, dtype=None, compute_dtype=None) -> None:
+        super().__init__(config, dtype, compute_dtype)
+        dtype = self.param_dtype
+        self.num_layers = config.num_layers
+        self.pre_seq_len = config.pre_seq_len
+        self.embedding = WordEmbedding(config, dtype)
+        self.rotary_pos_emb = RotaryEmbedding(config.rotary_dim, config.rope_base, config.seq_length)
+        self.encoder = GLMTransformer(config, dtype=dtype)
+        self.output_layer = Linear(config.hidden_size, config.padded_vocab_size, bias=False, dtype=dtype)
+        if config.pre_seq_len is not None:
+            self.prefix_encoder = PrefixEncoder(config, dtype=dtype)
+
+    def construct(
+        self,
+        input_ids: Tensor,
+        position_ids: Optional[Tensor] = None,
+        attention_mask: Optional[Tensor] = None,
+        kv_caches: Optional[KVCaches] = None,
+        cache_position: Optional[Tensor] = None,
+    ) -> Tensor:
+        batch, seq = input_ids.shape
+        if cache_position is None:
+            cache_position = ops.zeros((), ms.int32)
+        if position_ids is None:
+            position_ids = (ops.arange(seq, dtype=ms.int32) + cache_position).reshape(1, seq).broadcast_to((batch, seq))
+        cos, sin = self.rotary_pos_emb(position_ids)
+
+        hidden_states = self.embedding(input_ids)
+        if hidden_states.dtype != self.compute_dtype:
+            hidden_states = hidden_states.astype(self.compute_dtype)
+
+        prefix_kvs = None
+        query_start = cache_position
+        if kv_caches is not None:
+            keys = kv_caches[0][0].shape[2]
+        elif self.pre_seq_len is not None:
+            prefix_kvs = self.prefix_encoder(batch, self.compute_dtype)
+            if attention_mask is None:
+                attention_mask = ops.ones((batch, seq), ms.int32)
+            attention_mask = ops.concat((ops.ones((batch, self.pre_seq_len), attention_mask.dtype), attention_mask), 1)
+            query_start = query_start + self.pre_seq_len
+            keys = seq + self.pre_seq_len
+        else:
+            keys = seq
+        bias = kernels.additive_mask(attention_mask, query_start, seq, keys, batch)
+        return self.encoder(hidden_states, cos, sin, bias, kv_caches, cache_position, prefix_kvs)
+
+
+class ChatGLM3ForConditionalGeneration(ChatGLM3PreTrainedModel):
+    """ChatGLM3 language model: next-token logits and the shifted cross-entropy loss."""
+
+    def __init__(self, config: ChatGLM3Config, dtype=None, compute_dtype=None) -> None:
+        super().__init__(config, dtype, compute_dtype)
+        self.transformer = ChatGLM3Model(config, self.param_dtype, self.compute_dtype)
+
+    def construct(
+        self,
+        input_ids: Tensor,
+        position_ids: Optional[Tensor] = None,
+        attention_mask: Optional[Tensor] = None,
+        labels: Optional[Tensor] = None,
+        kv_caches: Optional[KVCaches] = None,
+        cache_position: Optional[Tensor] = None,
+        return_last_logit: bool = False,
+    ) -> CausalLMOutput:
+        hidden_states = self.transformer(input_ids, position_ids, attention_mask, kv_caches, cache_position)
+        if return_last_logit:
+            hidden_states = hidden_states[:, -1:]
+        logits = self.transformer.output_layer(hidden_states)
+        loss = None
+        if labels is not None:
+            loss = causal_lm_loss(logits, labels)
+        return CausalLMOutput(loss, logits)
+
+
+class ChatGLM3ForSequenceClassification(ChatGLM3PreTrainedModel):
+    """Classifies a sequence from the hidden state of its last token (left padding keeps it real)."""
+
+    def __init__(self, config: ChatGLM3Config, dtype=None, compute_dtype=None) -> None:
+        super().__init__(config, dtype, compute_dtype)
+        self.num_labels = config.num_labels
+        self.transformer = ChatGLM3Model(config, self.param_dtype, self.compute_dtype)
+        self.classifier_head = Linear(config.hidden_size, config.num_labels, bias=True, dtype=self.param_dtype)
+        dropout = config.classifier_dropout
+        self.dropout = nn.Dropout(p=dropout) if dropout else None
+        self.problem_type = getattr(config, "problem_type", None)
+
+    def construct(
+        self,
+        input_ids: Tensor,
+        position_ids: Optional[Tensor] = None,
+        attention_mask: Optional[Tensor] = None,
+        labels: Optional[Tensor] = None,
+    ) -> SequenceClassifierOutput:
+        hidden_states = self.transformer(input_ids, position_ids, attention_mask)
+        pooled = hidden_states[:, -1]
+        if self.dropout is not None:
+            pooled = self.dropout(pooled)
+        logits = self.classifier_head(pooled)
+        loss = None
+        if labels is not None:
+            loss = classification_loss(logits.astype(ms.float32), labels, self.num_labels, self.problem_type)
+        return SequenceClassifierOutput(loss, logits)
+
+
+def causal_lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Mean cross-entropy of ``logits[:, :-1]`` against ``labels[:, 1:]``, skipping -100 (fp32).
+
+    A batch with no label to learn gives 0 rather than upstream's NaN.
+    """
+    shift_logits = logits[:, :-1].astype(ms.float32)
+    shift_labels = labels[:, 1:].astype(ms.int32)
+    valid = shift_labels != IGNORE_INDEX
+    targets = ops.select(valid, shift_labels, ops.zeros_like(shift_labels))
+    log_norm = ops.logsumexp(shift_logits, -1)
+    target_logit = ops.gather_elements(shift_logits, -1, targets.expand_dims(-1)).squeeze(-1)
+    weights = valid.astype(ms.float32)
+    return ((log_norm - target_logit) * weights).sum() / ops.maximum(weights.sum(), 1.0)
+
+
+def classification_loss(logits: Tensor, labels: Tensor, num_labels: int, problem_type: Optional[str]) -> Tensor:
+    """Upstream's rule: MSE for one label, cross-entropy for class ids, BCE for multi-hot labels."""
+    if problem_type is None:
+        if num_labels == 1:
+            problem_type = "regression"
+        elif labels.dtype in (ms.int32, ms.int64):
+            problem_type = "single_label_classification"
+        else:
+            problem_type = "multi_label_classification"
+    if problem_type == "regression":
+        return ((logits.squeeze(-1) - labels.astype(ms.float32).reshape(-1)) ** 2).mean()
+    if problem_type == "single_label_classification":
+        return ops.cross_entropy(logits.reshape(-1, num_labels), labels.reshape(-1).astype(ms.int32))
+    return ops.binary_cross_entropy_with_logits(
+        logits, labels.astype(ms.float32), ops.ones_like(logits), ops.ones_like(logits))
+
+
+# Upstream class names, so ``architectures`` / ``auto_map`` in hub configs resolve to us.
+ChatGLMModel = ChatGLM3Model
+ChatGLMForConditionalGeneration = ChatGLM3ForConditionalGeneration
+ChatGLMForSequenceClassification = ChatGLM3ForSequenceClassification

@@ -1,0 +1,269 @@
+"""What every ChatGLM3 model shares: dtypes, weight loading and saving, ``from_pretrained``.
+
+Checkpoint formats live in :mod:`glm3_mindspore.checkpoints`; this module only
+maps checkpoint names onto parameters and reports what did not fit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
+
+import mindspore as ms
+import numpy as np
+from mindspore import Tensor, nn
+
+from ..configuration import ChatGLM3Config
+from ..hub import HubOptions
+from ..runtime import supports_bf16_compute
+
+logger = logging.getLogger(__name__)
+
+# Buffers upstream checkpoints carry that are not parameters here.
+IGNORED_CHECKPOINT_KEYS = ("rotary_pos_emb.inv_freq",)
+
+_DTYPES = {
+    "float32": ms.float32, "fp32": ms.float32, "float": ms.float32,
+    "float16": ms.float16, "fp16": ms.float16, "half": ms.float16,
+    "bfloat16": ms.bfloat16, "bf16": ms.bfloat16,
+}
+
+
+def resolve_dtype(dtype: Any, default=ms.float32):
+    """``ms.float16`` / ``"fp16"`` / ``"float16"`` / ``"torch.float16"`` -> a MindSpore dtype."""
+    if dtype is None:
+        return default
+    if isinstance(dtype, str):
+        name = dtype.lower().replace("torch.", "").replace("mindspore.", "").replace("ms.", "")
+        if name not in _DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; use float32, float16 or bfloat16")
+        return _DTYPES[name]
+    if dtype in (ms.float32, ms.float16, ms.bfloat16):
+        return dtype
+    raise ValueError(f"unsupported parameter dtype {dtype}; use float32, float16 or bfloat16")
+
+
+def default_compute_dtype(param_dtype):
+    """Compute in the parameter dtype, except bf16 where the device has no bf16 matmul (CPU): fp32."""
+    if param_dtype == ms.bfloat16 and not supports_bf16_compute():
+        return ms.float32
+    return param_dtype
+
+
+def numpy_dtype(dtype):
+    if dtype == ms.bfloat16:
+        from mindspore.common.np_dtype import bfloat16
+
+        return bfloat16
+    return {ms.float32: np.float32, ms.float16: np.float16}[dtype]
+
+
+class WeightLoadingError(ValueError):
+    """Checkpoint tensors that cannot go into the model (shape mismatch); names them."""
+
+
+@dataclass
+class LoadReport:
+    """What a weight load did, by parameter name."""
+
+    loaded: List[str] = field(default_factory=list)
+    missing: List[str] = field(default_factory=list)
+    unexpected: List[str] = field(default_factory=list)
+    mismatched: List[Tuple[str, Tuple[int, ...], Tuple[int, ...]]] = field(default_factory=list)
+    ignored: List[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        parts = [f"{len(self.loaded)} tensors loaded"]
+        if self.missing:
+            parts.append(f"missing (left at their initial values): {', '.join(self.missing)}")
+        if self.unexpected:
+            parts.append(f"unexpected (not used): {', '.join(self.unexpected)}")
+        if self.mismatched:
+            parts.append("shape mismatch: " + ", ".join(
+                f"{n} checkpoint {tuple(a)} vs model {tuple(b)}" for n, a, b in self.mismatched))
+        return "; ".join(parts)
+
+
+class ChatGLM3PreTrainedModel(nn.Cell):
+    """Base class: holds the config and dtypes, loads and saves hub-layout checkpoints."""
+
+    config_class = ChatGLM3Config
+    base_model_prefix = "transformer"
+
+    def __init__(self, config: ChatGLM3Config, dtype=None, compute_dtype=None) -> None:
+        super().__init__()
+        if not isinstance(config, ChatGLM3Config):
+            raise TypeError(f"config must be a ChatGLM3Config, got {type(config).__name__}")
+        config.validate()
+        if config.quantization_bit:
+            raise ValueError(
+                f"config has quantization_bit={config.quantization_bit}: int4/int8 quantized checkpoints "
+                "are not supported; load the fp16 checkpoint instead"
+            )
+        self.config = config
+        self.param_dtype = resolve_dtype(dtype)
+        self.compute_dtype = resolve_dtype(compute_dtype, default_compute_dtype(self.param_dtype))
+        self.generation_config = None
+
+    # ----------------------------------------------------------- construction
+    @classmethod
+    def from_config(cls, config: ChatGLM3Config, ms_dtype=None, compute_dtype=None, **_: Any):
+        """A randomly initialised model (normal(0, 0.02) weights, unit norms)."""
+        return cls(config, dtype=ms_dtype, compute_dtype=compute_dtype)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: Union[str, os.PathLike],
+        *,
+        config: Optional[ChatGLM3Config] = None,
+        ms_dtype=None,
+        compute_dtype=None,
+        progress: bool = True,
+        **kwargs: Any,
+    ):
+        """Load a hub-layout model: a local folder or a hub repo id (weights only, never code).
+
+        ``ms_dtype``: parameter dtype (``float32`` default as in Hugging Face; ``"auto"``
+        takes the checkpoint's ``torch_dtype``). Other keyword arguments override config
+        fields (e.g. ``seq_length=4096``, ``pre_seq_len=128``). Hub options:
+        ``revision``, ``cache_dir``, ``local_files_only``, ``token``.
+        """
+        from .. import checkpoints
+
+        options = HubOptions.pop_from(kwargs)
+        if config is None:
+            config = ChatGLM3Config.from_pretrained(name_or_path, **vars(options), **kwargs)
+        elif kwargs:
+            config = ChatGLM3Config.from_dict({**config.to_dict(), **kwargs})
+        if ms_dtype == "auto":
+            ms_dtype = config.torch_dtype or "float32"
+        model = cls(config, dtype=ms_dtype, compute_dtype=compute_dtype)
+        files = checkpoints.resolve_weight_files(name_or_path, options)
+        report = model.load_weights(checkpoints.iter_tensors(files, progress=progress))
+        model._attach_generation_config(name_or_path, options)
+        model.set_train(False)
+        return model
+
+    def _attach_generation_config(self, name_or_path, options: HubOptions) -> None:
+        """Read ``generation_config.json`` when the generation package is present."""
+        try:
+            from ..generation import GenerationConfig
+        except ImportError:
+            return
+        self.generation_config = GenerationConfig.from_model_files(name_or_path, self.config, options)
+
+    # ---------------------------------------------------------------- weights
+    def checkpoint_name(self, param_name: str) -> str:
+        """Hub checkpoint name of a parameter (base models gain the ``transformer.`` prefix)."""
+        if isinstance(self, _base_model_class()):
+            return f"{self.base_model_prefix}.{param_name}"
+        return param_name
+
+    def param_name(self, checkpoint_name: str) -> str:
+        if isinstance(self, _base_model_class()) and checkpoint_name.startswith(self.base_model_prefix + "."):
+            return checkpoint_name[len(self.base_model_prefix) + 1:]
+        return checkpoint_name
+
+    def load_weights(
+        self,
+        tensors: Union[Mapping[str, np.ndarray], Iterable[Tuple[str, np.ndarray]]],
+        strict: bool = False,
+    ) -> LoadReport:
+        """Copy checkpoint tensors into the parameters, converting dtypes; report by name.
+
+        Tensors are consumed one at a time, so an iterator over shards keeps peak
+        memory near one copy of the weights. Shape mismatches raise
+        :class:`WeightLoadingError`; missing and unexpected names are logged
+        (``strict=True`` raises for them too).
+        """
+        items = tensors.items() if isinstance(tensors, Mapping) else tensors
+        params = dict(self.parameters_and_names())
+        report = LoadReport()
+        for checkpoint_name, array in items:
+            name = self.param_name(checkpoint_name)
+            if name.endswith(IGNORED_CHECKPOINT_KEYS):
+                report.ignored.append(checkpoint_name)
+                continue
+            param = params.get(name)
+            if param is None:
+                report.unexpected.append(checkpoint_name)
+                continue
+            if tuple(array.shape) != tuple(param.shape):
+                report.mismatched.append((checkpoint_name, tuple(array.shape), tuple(param.shape)))
+                continue
+            param.set_data(Tensor(np.ascontiguousarray(array, dtype=numpy_dtype(param.dtype))))
+            report.loaded.append(name)
+        loaded = set(report.loaded)
+        report.missing = [self.checkpoint_name(n) for n in params if n not in loaded]
+        self.loading_info = report
+        if report.mismatched or (strict and (report.missing or report.unexpected)):
+            raise WeightLoadingError(f"cannot load checkpoint into {type(self).__name__}: {report.summary()}")
+        if report.missing or report.unexpected:
+            logger.warning("%s: %s", type(self).__name__, report.summary())
+        return report
+
+    def named_weights(self, dtype=None) -> Iterator[Tuple[str, np.ndarray]]:
+        """``(checkpoint name, numpy array)`` for every parameter, optionally cast."""
+        target = None if dtype is None else numpy_dtype(resolve_dtype(dtype))
+        for name, param in self.parameters_and_names():
+            array = param.asnumpy()
+            yield self.checkpoint_name(name), array if target is None else array.astype(target)
+
+    def state_dict(self) -> Dict[str, np.ndarray]:
+        return dict(self.named_weights())
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        params = self.trainable_params() if trainable_only else self.get_parameters()
+        return int(sum(int(np.prod(p.shape)) for p in params))
+
+    # ----------------------------------------------------------------- saving
+    def save_pretrained(
+        self,
+        save_directory: Union[str, os.PathLike],
+        max_shard_size: Union[int, str] = "5GB",
+        safe_serialization: bool = True,
+        dtype=None,
+    ) -> Path:
+        """Write the hub layout (``config.json`` + safetensors shards and index, or ``.bin``).
+
+        The folder loads back here and in upstream's PyTorch code (its ``auto_map``
+        points at THUDM's published modelling code).
+        """
+        from .. import checkpoints
+
+        folder = Path(save_directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_dtype = resolve_dtype(dtype, self.param_dtype)
+        config = ChatGLM3Config.from_dict({**self.config.to_dict(), **hub_config_fields(save_dtype)})
+        checkpoints.write_weights(folder, self.named_weights(save_dtype), max_shard_size=max_shard_size,
+                                  safe_serialization=safe_serialization)
+        config.save_pretrained(folder)
+        if self.generation_config is not None:
+            self.generation_config.save_pretrained(folder)
+        return folder
+
+
+def hub_config_fields(dtype) -> Dict[str, Any]:
+    """Fields that make a saved ``config.json`` loadable by upstream's PyTorch code."""
+    repo = "THUDM/chatglm3-6b"
+    return {
+        "architectures": ["ChatGLMModel"],
+        "auto_map": {
+            "AutoConfig": f"{repo}--configuration_chatglm.ChatGLMConfig",
+            "AutoModel": f"{repo}--modeling_chatglm.ChatGLMForConditionalGeneration",
+            "AutoModelForCausalLM": f"{repo}--modeling_chatglm.ChatGLMForConditionalGeneration",
+            "AutoModelForSeq2SeqLM": f"{repo}--modeling_chatglm.ChatGLMForConditionalGeneration",
+            "AutoModelForSequenceClassification": f"{repo}--modeling_chatglm.ChatGLMForSequenceClassification",
+        },
+        "torch_dtype": {ms.float32: "float32", ms.float16: "float16", ms.bfloat16: "bfloat16"}[dtype],
+    }
+
+
+def _base_model_class():
+    from .chatglm3 import ChatGLM3Model
+
+    return ChatGLM3Model
