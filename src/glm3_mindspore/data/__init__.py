@@ -6,7 +6,8 @@
   callables for ``dataset.map(processor, batched=True)``;
 * :func:`build_dataset` does all of it through ``datasets`` and counts what was cut or skipped;
 * :class:`DataCollator` pads a batch (right for training, with labels -100);
-  :class:`LengthBucketSampler` groups rows of similar length.
+  :class:`LengthBucketSampler` groups rows of similar length;
+* :func:`convert_tool_alpaca` turns ToolAlpaca data into the conversation format.
 
 Example::
 
@@ -33,11 +34,13 @@ from .conversations import (
     labels_from_loss_masks,
 )
 from .jsonl import JsonRows, RowError, load_json_rows, read_json_rows
+from .tool_alpaca import ConversionReport, convert_instance, convert_tool_alpaca, format_tool_alpaca
 
 __all__ = [
     "AdgenProcessor", "check_adgen_row", "ConversationProcessor", "DataConfig", "DataError", "DataCollator",
     "LengthBucketSampler", "DataStats", "build_dataset", "check_rows", "load_json_rows", "read_json_rows",
     "RowError", "JsonRows", "Turn", "conversation_turns", "encode_turns", "labels_from_loss_masks",
+    "ConversionReport", "convert_instance", "convert_tool_alpaca", "format_tool_alpaca",
 ]
 
 logger = logging.getLogger(__name__)
