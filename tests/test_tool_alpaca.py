@@ -5,6 +5,7 @@ from collections import Counter
 
 import pytest
 
+from glm3_mindspore.cli import main
 from glm3_mindspore.data import (
     ConversationProcessor,
     DataError,
@@ -101,3 +102,13 @@ def test_unreadable_input_leaves_the_output_alone(tmp_path):
         format_tool_alpaca(broken, out)
     assert out.read_text(encoding="utf-8") == "precious\n"
 
+
+def test_cli(sample, tmp_path, capsys):
+    out = tmp_path / "tool_alpaca.jsonl"
+    assert main(["data", "format-tool-alpaca", "--path", str(sample), "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "6 instances: 2 converted, 4 skipped (5 problems)" in captured.out
+    assert "instance 2: missing key 'Final Thought'" in captured.err
+    assert len(out.read_text(encoding="utf-8").splitlines()) == 2
+    assert main(["data", "format-tool-alpaca", "--path", str(tmp_path / "missing.json"), "--out", str(out)]) == 1
+    assert "no such file" in capsys.readouterr().err

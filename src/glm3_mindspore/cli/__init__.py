@@ -16,6 +16,7 @@ from typing import List, Optional
 # Sub-command modules, in the order ``glm3 --help`` lists them.
 COMMANDS = [
     "tokenize",
+    "data",
 ]
 
 
