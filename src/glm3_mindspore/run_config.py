@@ -91,6 +91,13 @@ class YamlDocument:
         location = f"{self.path}:{line}" if line else str(self.path)
         return f"{location}: {'.'.join(keys)}"
 
+    def resolve_path(self, value: str) -> str:
+        """A relative path that exists next to this file is taken from there; else as given."""
+        candidate = self.path.parent / value
+        if not Path(value).is_absolute() and candidate.exists():
+            return str(candidate.resolve())
+        return value
+
     def get(self, *keys: str, default: Any = None) -> Any:
         node: Any = self.data
         for key in keys:
@@ -122,6 +129,7 @@ def model_config_from_yaml(path, **overrides: Any) -> ChatGLM3Config:
         if key not in CONFIG_FIELDS and key not in MINDFORMERS_MODEL_KEYS and key != "model_type":
             raise ConfigError(f"{doc.where(*section, key)}: unknown key")
     values.pop("type", None)
+    values = {key: _plain_value(value) for key, value in values.items()}
     if "vocab_size" in values and "padded_vocab_size" not in values:
         values["padded_vocab_size"] = values.pop("vocab_size")
     values.setdefault("multi_query_attention", True)  # MindFormers' glm3 configs imply it
@@ -133,10 +141,24 @@ def model_config_from_yaml(path, **overrides: Any) -> ChatGLM3Config:
         raise ConfigError(f"{where}: {exc}") from None
     config._from_yaml = True
     config._yaml_path = str(doc.path)
+    if values.get("checkpoint_name_or_path"):
+        config.checkpoint_name_or_path = doc.resolve_path(str(values["checkpoint_name_or_path"]))
     vocab_file = doc.get("processor", "tokenizer", "vocab_file")
     if vocab_file:
-        config.vocab_file = vocab_file
+        config.vocab_file = doc.resolve_path(str(vocab_file))
     return config
+
+
+def _plain_value(value: Any) -> Any:
+    """YAML as MindFormers writes it: ``None`` means null and ``1e-5`` is a number (PyYAML reads strings)."""
+    if not isinstance(value, str):
+        return value
+    if value in ("None", "null", "~"):
+        return None
+    try:
+        return float(value) if any(c in value for c in ".eE") else int(value)
+    except ValueError:
+        return value
 
 
 def tokenizer_from_yaml(path, **kwargs: Any):
@@ -146,7 +168,7 @@ def tokenizer_from_yaml(path, **kwargs: Any):
     vocab_file = doc.get("processor", "tokenizer", "vocab_file")
     if not vocab_file:
         raise ConfigError(f"{doc.path}: processor.tokenizer.vocab_file is not set")
-    return ChatGLM3Tokenizer.from_pretrained(vocab_file, **kwargs)
+    return ChatGLM3Tokenizer.from_pretrained(doc.resolve_path(str(vocab_file)), **kwargs)
 
 
 def resolve_checkpoint_name(name: str) -> str:

@@ -15,6 +15,8 @@ from typing import List, Optional
 
 # Sub-command modules, in the order ``glm3 --help`` lists them.
 COMMANDS = [
+    "generate",
+    "chat",
     "tokenize",
     "data",
 ]

@@ -34,6 +34,7 @@ class SelfAttention(nn.Cell):
         )
         self.dense = Linear(self.query_size, config.hidden_size, bias=config.add_bias_linear, dtype=dtype)
         self.attention_dropout = nn.Dropout(p=config.attention_dropout) if config.attention_dropout > 0 else None
+        self.fused = kernels.use_fused_kernels()
 
     def construct(
         self,
@@ -61,7 +62,7 @@ class SelfAttention(nn.Cell):
             key = ops.concat((prefix_kv[0].astype(key.dtype), key), 2)
             value = ops.concat((prefix_kv[1].astype(value.dtype), value), 2)
 
-        context = kernels.attention(query, key, value, bias)  # [B, H, S, D]
+        context = kernels.attention(query, key, value, bias, self.fused)  # [B, H, S, D]
         if self.attention_dropout is not None:
             context = self.attention_dropout(context)
         context = context.swapaxes(1, 2).reshape(batch, seq, self.query_size)

@@ -13,7 +13,9 @@ from typing import List, NamedTuple, Optional, Tuple
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
+from ..chat import ChatMixin
 from ..configuration import ChatGLM3Config
+from ..generation import GenerationMixin
 from . import kernels
 from .layers import Embedding, Linear, RotaryEmbedding
 from .prefix_encoder import PrefixEncoder
@@ -112,8 +114,9 @@ class ChatGLM3Model(ChatGLM3PreTrainedModel):
         return self.encoder(hidden_states, cos, sin, bias, kv_caches, cache_position, prefix_kvs)
 
 
-class ChatGLM3ForConditionalGeneration(ChatGLM3PreTrainedModel):
-    """ChatGLM3 language model: next-token logits and the shifted cross-entropy loss."""
+class ChatGLM3ForConditionalGeneration(GenerationMixin, ChatMixin, ChatGLM3PreTrainedModel):
+    """ChatGLM3 language model: next-token logits, the shifted cross-entropy loss,
+    ``generate`` / ``stream_generate`` and ``chat`` / ``stream_chat`` / ``chat_completion``."""
 
     def __init__(self, config: ChatGLM3Config, dtype=None, compute_dtype=None) -> None:
         super().__init__(config, dtype, compute_dtype)

@@ -3,10 +3,11 @@
 The portable implementations (plain ``mindspore.ops`` and arithmetic) are the
 reference: they run on every device, are what the parity tests check, and are
 what runs on CPU. On Ascend, :func:`use_fused_kernels` selects MindSpore's
-fused kernels (``rms_norm``, ``flash_attention_score``, and the interleaved
-``rotary_position_embedding`` when one position row serves the whole batch).
-Those fused paths cannot be exercised on a CPU-only machine; they follow the
-kernels' documented contracts and fall back to the portable code outside them.
+fused ``rms_norm`` and ``flash_attention_score`` (grouped K/V heads, BNSD).
+The fused ``rotary_position_embedding`` is not used: its interleaved mode
+(ChatGLM's) takes one position table for the whole batch, while left-padded
+batches need a position row per sequence. The fused paths cannot be exercised
+on a CPU-only machine; they follow the kernels' documented contracts.
 """
 
 from __future__ import annotations
@@ -24,7 +25,11 @@ MASKED = -3.4028234663852886e38  # float32 min: exp() of it is exactly 0
 
 
 def use_fused_kernels(enabled: Optional[bool] = None) -> bool:
-    """Get (no argument) or set whether fused Ascend kernels are used. Default: on Ascend only."""
+    """Get (no argument) or set whether models built from now on use fused Ascend kernels.
+
+    Default: on Ascend only. Layers read this once, when they are built, so the
+    choice is a constant inside compiled graphs.
+    """
     if enabled is not None:
         if enabled and not is_ascend():
             raise ValueError("fused kernels exist only on Ascend; this process runs on " + ms.get_context("device_target"))
@@ -34,9 +39,9 @@ def use_fused_kernels(enabled: Optional[bool] = None) -> bool:
     return _FUSED["enabled"]
 
 
-def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+def rms_norm(x: Tensor, weight: Tensor, eps: float, fused: bool = False) -> Tensor:
     """Upstream RMSNorm: statistics and scaling in fp32, result in the input dtype."""
-    if use_fused_kernels():
+    if fused:
         return ops.rms_norm(x, weight.astype(x.dtype), eps)[0]
     h = x.astype(ms.float32)
     variance = (h * h).mean(-1, keep_dims=True)
@@ -74,7 +79,7 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return ops.concat((turned, x[..., 2 * half:]), -1)
 
 
-def attention(query: Tensor, key: Tensor, value: Tensor, bias: Tensor) -> Tensor:
+def attention(query: Tensor, key: Tensor, value: Tensor, bias: Tensor, fused: bool = False) -> Tensor:
     """Grouped-query attention without repeating K/V.
 
     ``query``: ``[B, H, S, D]``; ``key``/``value``: ``[B, G, K, D]`` where head ``h``
@@ -85,7 +90,7 @@ def attention(query: Tensor, key: Tensor, value: Tensor, bias: Tensor) -> Tensor
     groups, keys = key.shape[1], key.shape[2]
     per_group = heads // groups
     scale = 1.0 / math.sqrt(dim)
-    if use_fused_kernels() and dim % 16 == 0:
+    if fused and dim % 16 == 0:
         return _flash_attention(query, key, value, bias, scale)
     q = (query * scale).reshape(batch, groups, per_group * seq, dim)
     scores = ops.matmul(q, key.swapaxes(-1, -2)).astype(ms.float32)

@@ -66,9 +66,10 @@ class RMSNorm(nn.Cell):
         super().__init__()
         self.eps = eps
         self.weight = Parameter(initializer(One(), (hidden_size,), dtype), name="weight")
+        self.fused = kernels.use_fused_kernels()
 
     def construct(self, x: Tensor) -> Tensor:
-        return kernels.rms_norm(x, self.weight, self.eps)
+        return kernels.rms_norm(x, self.weight, self.eps, self.fused)
 
 
 class LayerNorm(nn.Cell):

@@ -1,0 +1,52 @@
+"""Arguments shared by the sub-commands that load a model and generate."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, Dict
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", required=True, help="model folder, hub repo id, or MindFormers-style YAML")
+    group.add_argument("--tokenizer", help="tokenizer folder/file/hub id (default: the model's)")
+    group.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16", "auto"],
+                       help="parameter dtype (bfloat16 computes in float32 on CPU); default float32")
+    group.add_argument("--revision", help="hub revision (branch, tag or commit)")
+    group.add_argument("--no-compile", action="store_true", help="run op by op (PyNative) instead of compiled graphs")
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser, chat_defaults: bool) -> None:
+    group = parser.add_argument_group("decoding")
+    group.add_argument("--max-new-tokens", type=int, default=None, help="tokens to generate at most")
+    group.add_argument("--max-length", type=int, default=None, help="prompt + new tokens at most")
+    mode = group.add_mutually_exclusive_group()
+    mode.add_argument("--do-sample", dest="do_sample", action="store_true", default=chat_defaults,
+                      help="sample" + (" (default)" if chat_defaults else ""))
+    mode.add_argument("--greedy", dest="do_sample", action="store_false",
+                      help="greedy decoding" + ("" if chat_defaults else " (default)"))
+    group.add_argument("--temperature", type=float, default=0.8 if chat_defaults else 1.0)
+    group.add_argument("--top-p", type=float, default=0.8 if chat_defaults else 1.0)
+    group.add_argument("--top-k", type=int, default=0)
+    group.add_argument("--repetition-penalty", type=float, default=1.0)
+    group.add_argument("--seed", type=int, default=None, help="make sampling reproducible")
+
+
+def sampling_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
+    kwargs = {"do_sample": args.do_sample, "temperature": args.temperature, "top_p": args.top_p,
+              "top_k": args.top_k, "repetition_penalty": args.repetition_penalty, "seed": args.seed,
+              "compiled": not args.no_compile}
+    if args.max_new_tokens is not None:
+        kwargs["max_new_tokens"] = args.max_new_tokens
+    if args.max_length is not None:
+        kwargs["max_length"] = args.max_length
+    return kwargs
+
+
+def load_model_and_tokenizer(args: argparse.Namespace):
+    from ..auto import AutoModelForCausalLM, AutoTokenizer
+
+    options = {"revision": args.revision} if args.revision else {}
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model, **options)
+    model = AutoModelForCausalLM.from_pretrained(args.model, ms_dtype=args.dtype, **options)
+    return model, tokenizer

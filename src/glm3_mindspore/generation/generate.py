@@ -1,0 +1,299 @@
+"""``model.generate`` and ``model.stream_generate``: the token loop around the decoding engine.
+
+Semantics are Hugging Face's: the output is the prompt followed by the new
+tokens; rows stop independently at any of the eos ids and are then filled with
+the pad id; ``max_new_tokens`` wins over ``max_length``. Prompts are expected
+left-padded (as the tokenizer does); position ids default to what the
+tokenizer would give (0 on pads, counting from 0 on real tokens).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
+
+import mindspore as ms
+import numpy as np
+from mindspore import Tensor
+
+from .config import GenerationConfig, GenerationConfigError
+from .engine import CACHE_BUCKET, PROMPT_BUCKET, DecodingEngine, EngineCache, round_up
+from .logits import choose_tokens, process_scores
+
+logger = logging.getLogger(__name__)
+
+LogitsProcessor = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+_CONFIG_ARGS = ("max_length", "max_new_tokens", "do_sample", "temperature", "top_k", "top_p",
+                "repetition_penalty", "num_beams", "eos_token_id", "pad_token_id", "seed")
+
+
+class PromptTooLongError(ValueError):
+    """The prompt does not fit the model or ``max_length``; says by how much."""
+
+
+@dataclass
+class CacheState:
+    """What ``stream_chat`` carries between turns: the filled KV cache of one conversation.
+
+    ``length`` slots of ``engine``'s buffers are in use; ``mask`` marks which hold
+    real tokens; ``past_tokens`` is the number of real tokens seen (upstream's
+    ``past_length``), the position the next turn starts at.
+    """
+
+    engine: DecodingEngine
+    length: int
+    mask: np.ndarray
+    past_tokens: int
+
+
+class GenerationMixin:
+    """Adds ``generate`` / ``stream_generate`` to a causal LM with a ``config`` and ``compute_dtype``."""
+
+    def generate(
+        self,
+        input_ids,
+        attention_mask=None,
+        position_ids=None,
+        generation_config: Optional[GenerationConfig] = None,
+        streamer=None,
+        logits_processor: Optional[Sequence[LogitsProcessor]] = None,
+        compiled: bool = True,
+        use_cache: bool = True,
+        truncate_prompt: bool = False,
+        past_key_values: Optional[CacheState] = None,
+        return_past_key_values: bool = False,
+        **kwargs: Any,
+    ):
+        """Generate continuations of ``input_ids`` (``[B, S]``; numpy, list or ``ms.Tensor``).
+
+        Keyword arguments of :class:`GenerationConfig` (``max_new_tokens``,
+        ``do_sample``, ``top_p``, ``seed``, ...) override ``generation_config`` and
+        the model's defaults. ``compiled=False`` runs op by op (PyNative);
+        ``use_cache=False`` recomputes the whole sequence at every step (slow;
+        a reference). Returns ``[B, S + new]`` in the input's type (``ms.Tensor``
+        in, ``ms.Tensor`` out; numpy otherwise); with ``return_past_key_values``
+        also the :class:`CacheState` to continue from.
+        """
+        sequences, state = None, None
+        for sequences, state in self._generate_steps(
+            input_ids, attention_mask, position_ids, generation_config, streamer, logits_processor,
+            compiled, use_cache, truncate_prompt, past_key_values, kwargs,
+        ):
+            pass
+        output = Tensor(sequences) if isinstance(input_ids, Tensor) else sequences
+        return (output, state) if return_past_key_values else output
+
+    def stream_generate(self, input_ids, attention_mask=None, position_ids=None, generation_config=None,
+                        logits_processor=None, compiled: bool = True, past_key_values=None,
+                        return_past_key_values: bool = False, **kwargs: Any) -> Iterator:
+        """Yield the sequences (numpy) after every new token, like upstream ``stream_generate``."""
+        for sequences, state in self._generate_steps(
+            input_ids, attention_mask, position_ids, generation_config, None, logits_processor,
+            compiled, True, kwargs.pop("truncate_prompt", False), past_key_values, kwargs,
+        ):
+            yield (sequences, state) if return_past_key_values else sequences
+
+    # ------------------------------------------------------------------ core
+    def _generation_config(self, generation_config: Optional[GenerationConfig], kwargs: dict) -> GenerationConfig:
+        base = generation_config or getattr(self, "generation_config", None) or GenerationConfig.from_model_config(self.config)
+        unknown = [k for k in kwargs if k not in _CONFIG_ARGS]
+        if unknown:
+            raise GenerationConfigError(f"generate() got unknown argument(s): {', '.join(sorted(unknown))}")
+        return base.update(**kwargs)
+
+    def _generate_steps(self, input_ids, attention_mask, position_ids, generation_config, streamer,
+                        logits_processor, compiled, use_cache, truncate_prompt, past, kwargs):
+        config = self._generation_config(generation_config, kwargs)
+        prompt = _as_2d_int(input_ids, "input_ids")
+        pad_id = config.pad_token_id if config.pad_token_id is not None else self.config.pad_token_id or 0
+        mask = _as_2d_int(attention_mask, "attention_mask") if attention_mask is not None else _infer_mask(prompt, pad_id, config)
+        if mask.shape != prompt.shape:
+            raise ValueError(f"attention_mask has shape {mask.shape}, input_ids {prompt.shape}")
+        past_tokens = past.past_tokens if past is not None else 0
+        positions = (_as_2d_int(position_ids, "position_ids") if position_ids is not None
+                     else np.maximum(np.cumsum(mask, axis=1) - 1, 0)) + (0 if position_ids is not None else past_tokens)
+        prompt, mask, positions, max_new = self._fit_prompt(prompt, mask, positions, config, truncate_prompt)
+
+        eos_ids = np.array(config.eos_token_ids or self.config.eos_token_ids, dtype=np.int64)
+        rng = np.random.default_rng(config.seed) if config.do_sample else None
+        if streamer is not None:
+            streamer.put(prompt)
+
+        was_training = self.training
+        self.set_train(False)
+        try:
+            decoder = (_FullRecompute(self, prompt, mask, positions) if not use_cache
+                       else self._cached_decoder(prompt, mask, positions, max_new, compiled, past))
+            sequences = prompt.astype(np.int64)
+            finished = np.zeros(prompt.shape[0], dtype=bool)
+            logits = decoder.first_logits()
+            for step in range(max_new):
+                scores = process_scores(logits, sequences, config)
+                for processor in logits_processor or ():
+                    scores = processor(sequences, scores)
+                tokens = choose_tokens(scores, config.do_sample, rng)
+                tokens = np.where(finished, pad_id, tokens).astype(np.int64)
+                sequences = np.concatenate([sequences, tokens[:, None]], axis=1)
+                finished |= np.isin(tokens, eos_ids)
+                if streamer is not None:
+                    streamer.put(tokens)
+                done = finished.all() or step == max_new - 1
+                if not done:
+                    logits = decoder.next_logits(tokens)
+                yield sequences, decoder.state()
+                if done:
+                    break
+        finally:
+            self.set_train(was_training)
+            if streamer is not None:
+                streamer.end()
+
+    def _fit_prompt(self, prompt, mask, positions, config: GenerationConfig, truncate: bool):
+        """Check (or, when asked, left-truncate) the prompt against max_length and seq_length."""
+        length = prompt.shape[1]
+        limit = self.config.seq_length
+        if config.max_new_tokens is not None:
+            max_new = config.max_new_tokens
+        else:
+            max_new = config.max_length - length
+        first_position = int(positions[:, -1].max()) + 1 if length else 0
+        overflow = max(first_position + max(max_new, 1) - limit, 0)
+        if config.max_new_tokens is None and max_new < 1:
+            overflow = max(overflow, 1 - max_new)
+        if overflow:
+            if not truncate:
+                raise PromptTooLongError(
+                    f"the prompt has {length} tokens; with max_length={config.max_length}, "
+                    f"max_new_tokens={config.max_new_tokens} and the model's seq_length={limit} it is "
+                    f"{overflow} token(s) too long (pass truncate_prompt=True to drop the oldest tokens)"
+                )
+            keep = _truncated_columns(prompt, overflow)
+            prompt, mask = prompt[:, keep], mask[:, keep]
+            positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
+            if config.max_new_tokens is None:
+                max_new = config.max_length - prompt.shape[1]
+            logger.warning("prompt truncated by %d tokens to fit", overflow)
+        return prompt, mask, positions, max_new
+
+    def _cached_decoder(self, prompt, mask, positions, max_new, compiled, past):
+        if not hasattr(self, "_engines"):
+            self._engines = EngineCache()
+        return _CachedDecoder(self, self._engines, prompt, mask, positions, max_new, compiled, past)
+
+    def clear_generation_cache(self) -> None:
+        """Free the KV caches and compiled graphs kept for later ``generate`` calls."""
+        if hasattr(self, "_engines"):
+            self._engines.clear()
+
+
+class _CachedDecoder:
+    """Prefill into a static cache, then one token per step; see :mod:`.engine`."""
+
+    def __init__(self, model, engines: EngineCache, prompt, mask, positions, max_new, compiled, past) -> None:
+        batch, length = prompt.shape
+        self.prefix = model.config.pre_seq_len or 0
+        bucket = round_up(length, PROMPT_BUCKET) if compiled else length
+        pad = bucket - length
+        start = past.length if past is not None else self.prefix
+        needed = start + bucket + max_new
+        engine = self._engine_for(model, engines, batch, needed, compiled, past)
+        self.engine = engine
+        self.mask = np.ones((batch, engine.cache_length), dtype=np.int32)
+        if past is not None:
+            if past.mask.shape[0] != batch:
+                raise ValueError(f"past_key_values hold {past.mask.shape[0]} rows, input_ids {batch}")
+            self.mask[:, : past.length] = past.mask[:, : past.length]
+        self.mask[:, start: start + pad] = 0
+        self.mask[:, start + pad: start + bucket] = mask
+        self.prompt = np.pad(prompt, ((0, 0), (pad, 0)))
+        self.prompt_positions = np.pad(positions, ((0, 0), (pad, 0)))
+        self.start = start
+        self.cursor = start + bucket
+        self.positions = positions[:, -1].astype(np.int64) + 1 if length else np.zeros(batch, np.int64)
+        self.past_tokens = (past.past_tokens if past is not None else 0) + int(mask.sum(axis=1).max())
+
+    @staticmethod
+    def _engine_for(model, engines, batch, needed, compiled, past) -> DecodingEngine:
+        if past is not None and past.engine.cache_length >= needed and past.engine.is_compiled == compiled:
+            return past.engine
+        engine = engines.get(model, batch, round_up(needed, CACHE_BUCKET), compiled)
+        if past is not None:
+            engine.copy_slots_from(past.engine, past.length)
+        else:
+            engine.write_prefix()
+        return engine
+
+    def first_logits(self) -> np.ndarray:
+        return self.engine.run(self.prompt, self.prompt_positions, self.mask, self.start)
+
+    def next_logits(self, tokens: np.ndarray) -> np.ndarray:
+        logits = self.engine.run(tokens[:, None], self.positions[:, None], self.mask, self.cursor)
+        self.cursor += 1
+        self.positions += 1
+        self.past_tokens += 1
+        return logits
+
+    def state(self) -> CacheState:
+        # The token chosen last is not in the cache yet: the next turn starts by feeding it.
+        return CacheState(self.engine, self.cursor, self.mask.copy(), self.past_tokens)
+
+
+class _FullRecompute:
+    """Reference decoder without a cache: the whole sequence through the model at every step."""
+
+    def __init__(self, model, prompt, mask, positions) -> None:
+        self.model, self.ids, self.mask, self.positions = model, prompt, mask, positions
+
+    def _last_logits(self) -> np.ndarray:
+        out = self.model(Tensor(self.ids.astype(np.int32)), Tensor(self.positions.astype(np.int32)),
+                         Tensor(self.mask.astype(np.int32)), return_last_logit=True)
+        return out.logits[:, -1].astype(ms.float32).asnumpy()
+
+    def first_logits(self) -> np.ndarray:
+        return self._last_logits()
+
+    def next_logits(self, tokens: np.ndarray) -> np.ndarray:
+        self.ids = np.concatenate([self.ids, tokens[:, None]], axis=1)
+        self.mask = np.concatenate([self.mask, np.ones_like(tokens[:, None])], axis=1)
+        self.positions = np.concatenate([self.positions, self.positions[:, -1:] + 1], axis=1)
+        return self._last_logits()
+
+    def state(self) -> None:
+        return None
+
+
+def _as_2d_int(value, name: str) -> np.ndarray:
+    if hasattr(value, "asnumpy"):
+        value = value.asnumpy()
+    try:
+        array = np.asarray(value)
+    except ValueError:
+        raise ValueError(f"{name} rows have different lengths: left-pad them (tokenizer(..., padding=True))") from None
+    if array.dtype == object:
+        raise ValueError(f"{name} rows have different lengths: left-pad them (tokenizer(..., padding=True))")
+    if array.ndim == 1:
+        array = array[None, :]
+    if array.ndim != 2 or not np.issubdtype(array.dtype, np.integer) or 0 in array.shape:
+        raise ValueError(f"{name} must be a non-empty [batch, length] array of integers, got shape {array.shape} {array.dtype}")
+    return array.astype(np.int64)
+
+
+def _infer_mask(prompt: np.ndarray, pad_id: int, config: GenerationConfig) -> np.ndarray:
+    """Hugging Face's rule: pads are masked when the pad id differs from every eos id."""
+    if pad_id in config.eos_token_ids:
+        return np.ones_like(prompt)
+    # only leading pads are padding; a 0 inside the text is a real <unk>
+    return (np.cumsum(prompt != pad_id, axis=1) > 0).astype(np.int64)
+
+
+CHATGLM_PREFIX = (64790, 64792)  # [gMASK] sop in the ChatGLM2/3 vocabulary
+
+
+def _truncated_columns(prompt: np.ndarray, drop: int) -> np.ndarray:
+    """Column indices without the ``drop`` oldest tokens, keeping a leading ``[gMASK] sop``."""
+    columns = np.arange(prompt.shape[1])
+    has_prefix = prompt.shape[1] > 2 + drop and (prompt[:, :2] == CHATGLM_PREFIX).all()
+    keep_head = 2 if has_prefix else 0
+    return np.concatenate([columns[:keep_head], columns[keep_head + drop:]])
