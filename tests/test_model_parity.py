@@ -6,7 +6,7 @@ import pytest
 
 from glm3_mindspore import AutoModelForCausalLM
 from glm3_mindspore.modeling import ChatGLM3ForConditionalGeneration, ChatGLM3Model
-from conftest import TINY
+from conftest import TINY, TINY_BIN
 
 FP32_TOL = 1e-4
 
@@ -58,6 +58,13 @@ def test_auto_model_resolves_hub_config_to_our_class(expected):
     model = AutoModelForCausalLM.from_pretrained(TINY, ms_dtype=ms.float32)
     assert isinstance(model, ChatGLM3ForConditionalGeneration)
     logits = _batch_logits(model, expected)
+    assert np.abs(logits[:, -1] - expected["batch_logits_last"]).max() <= FP32_TOL
+
+
+def test_auto_model_from_sharded_torch_pickles_matches_upstream(expected):
+    model = AutoModelForCausalLM.from_pretrained(TINY_BIN, ms_dtype=ms.float32)  # read without torch
+    logits = _batch_logits(model, expected)
+    assert np.abs(logits[..., :1024] - expected["batch_logits_lo"]).max() <= FP32_TOL
     assert np.abs(logits[:, -1] - expected["batch_logits_last"]).max() <= FP32_TOL
 
 

@@ -88,9 +88,14 @@ def iter_tensors(files: Iterable[Path], progress: bool = False) -> Iterator[Tupl
         bar = tqdm(total=sum(f.stat().st_size for f in files), unit="B", unit_scale=True, desc="loading weights")
     try:
         for file in files:
-            yield from _reader(file)(file)
+            done = 0
+            for name, array in _reader(file)(file):
+                yield name, array
+                if bar is not None:  # tensor by tensor, so one large file still shows progress
+                    bar.update(array.nbytes)
+                    done += array.nbytes
             if bar is not None:
-                bar.update(file.stat().st_size)
+                bar.update(max(file.stat().st_size - done, 0))  # headers, padding, skipped entries
     finally:
         if bar is not None:
             bar.close()

@@ -141,9 +141,11 @@ class ChatGLM3PreTrainedModel(nn.Cell):
             config = ChatGLM3Config.from_dict({**config.to_dict(), **kwargs})
         if ms_dtype == "auto":
             ms_dtype = config.torch_dtype or "float32"
-        model = cls(config, dtype=ms_dtype, compute_dtype=compute_dtype)
         files = checkpoints.resolve_weight_files(name_or_path, options)
-        report = model.load_weights(checkpoints.iter_tensors(files, progress=progress))
+        with _uninitialized_parameters():  # the checkpoint overwrites them: skip random init
+            model = cls(config, dtype=ms_dtype, compute_dtype=compute_dtype)
+        model.load_weights(checkpoints.iter_tensors(files, progress=progress))
+        model.init_parameters_data()  # parameters the checkpoint lacked get their initial values
         model._attach_generation_config(name_or_path, options)
         model.set_train(False)
         return model
@@ -180,6 +182,8 @@ class ChatGLM3PreTrainedModel(nn.Cell):
         :class:`WeightLoadingError`; missing and unexpected names are logged
         (``strict=True`` raises for them too).
         """
+        from ..checkpoints.mapped import release_pages
+
         items = tensors.items() if isinstance(tensors, Mapping) else tensors
         params = dict(self.parameters_and_names())
         report = LoadReport()
@@ -195,8 +199,10 @@ class ChatGLM3PreTrainedModel(nn.Cell):
             if tuple(array.shape) != tuple(param.shape):
                 report.mismatched.append((checkpoint_name, tuple(array.shape), tuple(param.shape)))
                 continue
-            param.set_data(Tensor(np.ascontiguousarray(array, dtype=numpy_dtype(param.dtype))))
+            param.set_data(_owned_tensor(array, numpy_dtype(param.dtype)))
+            release_pages(array)
             report.loaded.append(name)
+            del array  # a converted copy must not outlive its turn
         loaded = set(report.loaded)
         report.missing = [self.checkpoint_name(n) for n in params if n not in loaded]
         self.loading_info = report
@@ -245,6 +251,27 @@ class ChatGLM3PreTrainedModel(nn.Cell):
         if self.generation_config is not None:
             self.generation_config.save_pretrained(folder)
         return folder
+
+
+def _owned_tensor(array: np.ndarray, dtype) -> Tensor:
+    """Exactly one copy of ``array`` (cast to ``dtype``), owned by the returned Tensor.
+
+    The source is often a read-only view of a memory-mapped file: the copy makes
+    the parameter writable and independent of the file, and ``from_numpy``
+    shares that copy instead of making a second one.
+    """
+    return Tensor.from_numpy(np.array(array, dtype=dtype, order="C", copy=True))
+
+
+def _uninitialized_parameters():
+    """Context in which ``Parameter(initializer(...))`` stays lazy (no random init in memory)."""
+    try:
+        from mindspore.nn.utils import no_init_parameters
+    except ImportError:  # older/newer MindSpore without it: parameters are initialised eagerly
+        import contextlib
+
+        return contextlib.nullcontext()
+    return no_init_parameters()
 
 
 def hub_config_fields(dtype) -> Dict[str, Any]:
