@@ -19,6 +19,7 @@ COMMANDS = [
     "chat",
     "tokenize",
     "data",
+    "convert",
 ]
 
 

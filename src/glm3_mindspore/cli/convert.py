@@ -1,0 +1,144 @@
+"""``glm3 convert``: hub checkpoint <-> MindSpore ``.ckpt`` / safetensors, without torch and without a model.
+
+Replaces the seed's two steps (torch -> ``.pth`` -> ``.ckpt``). Tensors are
+streamed from the source one at a time, cast if asked and written out, so memory
+stays near one output shard; the model itself is never built.
+
+    glm3 convert --src THUDM/chatglm3-6b --dst glm3_6b.ckpt --to ckpt
+    glm3 convert --src glm3_6b.ckpt --config THUDM/chatglm3-6b --dst chatglm3-6b-st --to safetensors --dtype bf16
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator, List, Optional, Tuple
+
+import numpy as np
+
+from . import CliError
+
+# Hub files that travel with the weights (data only; the .py files are copied, never run).
+COMPANION_FILES = ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
+                   "configuration_chatglm.py", "modeling_chatglm.py", "tokenization_chatglm.py", "quantization.py")
+_DTYPE_NAMES = {"fp16": "float16", "float16": "float16", "bf16": "bfloat16", "bfloat16": "bfloat16",
+                "fp32": "float32", "float32": "float32"}
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "convert", help="convert weights: hub folder/repo/file -> .ckpt or hub-layout safetensors",
+        description="Stream weights from a hub folder, hub repo id or single weight file (.safetensors, "
+                    ".bin, .ckpt) into a MindSpore .ckpt or a hub-layout safetensors folder. No torch needed.")
+    parser.add_argument("--src", required=True, help="model folder, hub repo id, or one weight file")
+    parser.add_argument("--dst", required=True, type=Path,
+                        help="output: a .ckpt file (--to ckpt) or a folder (--to safetensors)")
+    parser.add_argument("--to", required=True, choices=("ckpt", "safetensors"), help="output format")
+    parser.add_argument("--dtype", choices=sorted(_DTYPE_NAMES), help="cast floating-point weights to this dtype")
+    parser.add_argument("--max-shard-size", default="5GB", help="safetensors shard size (default 5GB)")
+    parser.add_argument("--names", choices=("mindformers", "hub"), default="mindformers",
+                        help=".ckpt parameter names: MindFormers' (embedding_table, default) or the hub's")
+    parser.add_argument("--config", help="folder or repo to take config.json and tokenizer files from "
+                                         "(default: beside --src)")
+    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --dst")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..checkpoints import write_weights
+    from ..checkpoints.mindspore_ckpt import save_ckpt
+
+    dst: Path = args.dst.expanduser()
+    _check_destination(dst, args.to, args.overwrite)
+    files = _weight_files(args.src)
+    skipped: List[str] = []
+    tensors = _cast(_read(files, skipped, progress=not args.no_progress), _DTYPE_NAMES.get(args.dtype or ""))
+    if args.to == "ckpt":
+        total = save_ckpt(dst, tensors, names=args.names)
+        written = [dst]
+    else:
+        dst.mkdir(parents=True, exist_ok=True)
+        written = write_weights(dst, tensors, max_shard_size=args.max_shard_size)
+        total = sum(p.stat().st_size for p in written if p.suffix == ".safetensors")
+        _copy_companions(args.config or args.src, dst, _DTYPE_NAMES.get(args.dtype or ""))
+    if skipped:
+        print(f"skipped {len(skipped)} non-model entries (optimizer state / bookkeeping): "
+              f"{', '.join(skipped[:6])}{' ...' if len(skipped) > 6 else ''}")
+    print(f"wrote {total / 1e9:.2f} GB to {', '.join(str(p) for p in written[:3])}"
+          f"{' ...' if len(written) > 3 else ''}")
+    return 0
+
+
+def _check_destination(dst: Path, to: str, overwrite: bool) -> None:
+    """Never clobber user data silently: an existing output needs ``--overwrite``."""
+    if to == "ckpt":
+        if dst.suffix != ".ckpt":
+            raise CliError(f"--dst must be a .ckpt file for --to ckpt, got {dst}")
+        if dst.exists() and not overwrite:
+            raise CliError(f"{dst} exists; pass --overwrite to replace it")
+        return
+    if dst.exists() and not dst.is_dir():
+        raise CliError(f"--dst {dst} is a file; --to safetensors writes a folder")
+    if dst.is_dir() and any(dst.iterdir()) and not overwrite:
+        raise CliError(f"{dst} is not empty; pass --overwrite to write into it")
+
+
+def _weight_files(src: str) -> List[Path]:
+    from ..checkpoints import resolve_weight_files
+
+    return resolve_weight_files(src)
+
+
+def _read(files: List[Path], skipped: List[str], progress: bool) -> Iterator[Tuple[str, np.ndarray]]:
+    """Tensors of all files in turn; ``.ckpt`` training state is skipped into ``skipped``."""
+    from ..checkpoints import iter_tensors
+    from ..checkpoints.mindspore_ckpt import iter_ckpt
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=sum(f.stat().st_size for f in files), unit="B", unit_scale=True, desc="converting")
+    try:
+        for file in files:
+            source = iter_ckpt(file, skipped) if file.suffix == ".ckpt" else iter_tensors([file])
+            for name, array in source:
+                yield name, array
+                if bar is not None:
+                    bar.update(array.nbytes)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _cast(tensors: Iterator[Tuple[str, np.ndarray]], dtype_name: Optional[str]) -> Iterator[Tuple[str, np.ndarray]]:
+    if dtype_name is None:
+        yield from tensors
+        return
+    from ..modeling.pretrained import numpy_dtype, resolve_dtype
+
+    target = np.dtype(numpy_dtype(resolve_dtype(dtype_name)))
+    for name, array in tensors:
+        floating = array.dtype.kind == "f" or array.dtype.name == "bfloat16"  # ints and bools stay as they are
+        yield name, array.astype(target) if floating and array.dtype != target else array
+
+
+def _copy_companions(source: str, dst: Path, dtype_name: Optional[str]) -> None:
+    """``config.json`` (``torch_dtype`` updated) and tokenizer / generation files from the source."""
+    from ..fileio import atomic_copy, atomic_write_text
+    from ..hub import resolve_file
+
+    where = Path(source).parent if Path(source).is_file() else source
+    config_file = resolve_file(where, "config.json", required=False)
+    if config_file is None:
+        print(f"note: no config.json beside {source}; pass --config FOLDER_OR_REPO to include one")
+    else:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        if dtype_name:
+            config["torch_dtype"] = dtype_name
+        atomic_write_text(dst / "config.json", json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    for name in COMPANION_FILES:
+        found = resolve_file(where, name, required=False)
+        if found is not None:
+            atomic_copy(found, dst / name)
