@@ -51,8 +51,8 @@ class DecodingEngine(nn.Cell):
     def step(self, input_ids: Tensor, position_ids: Tensor, attention_mask: Tensor, cache_position: Tensor) -> Tensor:
         """Run ``input_ids`` ``[B, S]`` at cache slots ``cache_position ..``; fp32 logits of the last one."""
         kv_caches = [(self.key_cache[i], self.value_cache[i]) for i in range(self.num_layers)]
-        out = self.model(input_ids, position_ids, attention_mask, None, kv_caches, cache_position, True)
-        return out.logits[:, -1].astype(ms.float32)
+        _, logits = self.model(input_ids, position_ids, attention_mask, None, kv_caches, cache_position, True)
+        return logits[:, -1].astype(ms.float32)
 
     def run(self, input_ids: np.ndarray, position_ids: np.ndarray, cache_mask: np.ndarray, cache_position: int) -> np.ndarray:
         logits = self._step(

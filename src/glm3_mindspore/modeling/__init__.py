@@ -1,7 +1,6 @@
 """The ChatGLM3 network, written for MindSpore."""
 
 from .chatglm3 import (
-    BaseModelOutput,
     CausalLMOutput,
     ChatGLM3ForConditionalGeneration,
     ChatGLM3ForSequenceClassification,
@@ -16,7 +15,7 @@ from .kernels import use_fused_kernels
 from .pretrained import ChatGLM3PreTrainedModel, LoadReport, WeightLoadingError, resolve_dtype
 
 __all__ = [
-    "BaseModelOutput", "CausalLMOutput", "SequenceClassifierOutput", "ChatGLM3Model",
+    "CausalLMOutput", "SequenceClassifierOutput", "ChatGLM3Model",
     "ChatGLM3ForConditionalGeneration", "ChatGLM3ForSequenceClassification", "ChatGLMModel",
     "ChatGLMForConditionalGeneration", "ChatGLMForSequenceClassification", "ChatGLM3PreTrainedModel",
     "LoadReport", "WeightLoadingError", "causal_lm_loss", "resolve_dtype", "use_fused_kernels",

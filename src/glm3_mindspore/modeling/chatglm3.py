@@ -27,10 +27,6 @@ IGNORE_INDEX = -100
 KVCaches = List[Tuple[Tensor, Tensor]]
 
 
-class BaseModelOutput(NamedTuple):
-    last_hidden_state: Tensor
-
-
 class CausalLMOutput(NamedTuple):
     loss: Optional[Tensor]
     logits: Tensor
@@ -39,6 +35,20 @@ class CausalLMOutput(NamedTuple):
 class SequenceClassifierOutput(NamedTuple):
     loss: Optional[Tensor]
     logits: Tensor
+
+
+class NamedOutputs:
+    """Heads return plain tuples from ``construct``: compiled graphs cannot differentiate
+    through a NamedTuple. Called from Python, the tuple comes back as ``output_class``
+    (``out.loss``, ``out.logits``); inside compiled code it stays a tuple."""
+
+    output_class = None
+
+    def __call__(self, *args, **kwargs):
+        out = super().__call__(*args, **kwargs)
+        if self.output_class is not None and type(out) is tuple:
+            return self.output_class(*out)
+        return out
 
 
 class WordEmbedding(nn.Cell):
@@ -114,9 +124,11 @@ class ChatGLM3Model(ChatGLM3PreTrainedModel):
         return self.encoder(hidden_states, cos, sin, bias, kv_caches, cache_position, prefix_kvs)
 
 
-class ChatGLM3ForConditionalGeneration(GenerationMixin, ChatMixin, ChatGLM3PreTrainedModel):
+class ChatGLM3ForConditionalGeneration(GenerationMixin, ChatMixin, NamedOutputs, ChatGLM3PreTrainedModel):
     """ChatGLM3 language model: next-token logits, the shifted cross-entropy loss,
     ``generate`` / ``stream_generate`` and ``chat`` / ``stream_chat`` / ``chat_completion``."""
+
+    output_class = CausalLMOutput
 
     def __init__(self, config: ChatGLM3Config, dtype=None, compute_dtype=None) -> None:
         super().__init__(config, dtype, compute_dtype)
@@ -139,11 +151,13 @@ class ChatGLM3ForConditionalGeneration(GenerationMixin, ChatMixin, ChatGLM3PreTr
         loss = None
         if labels is not None:
             loss = causal_lm_loss(logits, labels)
-        return CausalLMOutput(loss, logits)
+        return loss, logits
 
 
-class ChatGLM3ForSequenceClassification(ChatGLM3PreTrainedModel):
+class ChatGLM3ForSequenceClassification(NamedOutputs, ChatGLM3PreTrainedModel):
     """Classifies a sequence from the hidden state of its last token (left padding keeps it real)."""
+
+    output_class = SequenceClassifierOutput
 
     def __init__(self, config: ChatGLM3Config, dtype=None, compute_dtype=None) -> None:
         super().__init__(config, dtype, compute_dtype)
@@ -169,7 +183,7 @@ class ChatGLM3ForSequenceClassification(ChatGLM3PreTrainedModel):
         loss = None
         if labels is not None:
             loss = classification_loss(logits.astype(ms.float32), labels, self.num_labels, self.problem_type)
-        return SequenceClassifierOutput(loss, logits)
+        return loss, logits
 
 
 def causal_lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
