@@ -1,0 +1,54 @@
+"""One call for inference: a base model plus a LoRA adapter or a P-Tuning v2 prefix."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional, Type, Union
+
+from ..hub import HubOptions, resolve_file
+from .config import ADAPTER_CONFIG_NAME, AdapterError
+from .lora import load_adapter, merge_and_unload
+from .ptuning import load_prefix, read_prefix_config
+
+
+def load_pretrained_with_adapter(
+    base: Union[str, os.PathLike],
+    adapter: Union[str, os.PathLike],
+    *,
+    merge: bool = False,
+    is_trainable: bool = False,
+    model_class: Optional[Type] = None,
+    adapter_revision: Optional[str] = None,
+    **kwargs: Any,
+):
+    """``from_pretrained(base)`` with ``adapter`` applied, like PEFT's ``PeftModel.from_pretrained``.
+
+    ``adapter`` is a folder or hub repo id holding either a PEFT LoRA adapter
+    (``adapter_config.json``) or a P-Tuning v2 prefix (``config.json`` with
+    ``pre_seq_len``; the base is then built with that prefix length). ``merge``
+    folds a LoRA adapter into the weights and returns the plain architecture.
+    Other keyword arguments go to ``from_pretrained`` (``ms_dtype``, hub options;
+    ``cache_dir`` / ``token`` / ``local_files_only`` apply to the adapter too).
+    """
+    if model_class is None:
+        from ..modeling import ChatGLM3ForConditionalGeneration as model_class
+    options = HubOptions(revision=adapter_revision, cache_dir=kwargs.get("cache_dir"),
+                         local_files_only=kwargs.get("local_files_only", False), token=kwargs.get("token"))
+    if resolve_file(adapter, ADAPTER_CONFIG_NAME, options, required=False) is not None:
+        model = model_class.from_pretrained(base, **kwargs)
+        load_adapter(model, adapter, is_trainable=is_trainable, options=options)
+        return merge_and_unload(model) if merge else model
+    prefix = read_prefix_config(adapter, options)
+    if prefix is None:
+        raise AdapterError(f"{adapter}: neither a LoRA adapter ({ADAPTER_CONFIG_NAME}) nor a P-Tuning v2 prefix "
+                           "(config.json with pre_seq_len)")
+    if merge:
+        raise AdapterError(f"{adapter}: is a P-Tuning v2 prefix; only LoRA adapters can be merged into the weights")
+    pre_seq_len, prefix_projection = prefix
+    model = model_class.from_pretrained(base, pre_seq_len=pre_seq_len, prefix_projection=prefix_projection, **kwargs)
+    load_prefix(model, adapter, options)
+    if is_trainable:
+        from .ptuning import setup_ptuning
+
+        setup_ptuning(model)
+    return model
