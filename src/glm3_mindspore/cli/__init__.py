@@ -20,6 +20,7 @@ COMMANDS = [
     "tokenize",
     "data",
     "convert",
+    "lora",
 ]
 
 
