@@ -308,6 +308,41 @@ def test_generation_with_a_prefix_compiled_pynative_and_uncached_agree(trained_p
     assert without_prefix.tolist() != compiled.tolist()  # the prefix is really attended to
 
 
+@pytest.fixture(scope="module")
+def generating_prefix_model(probe):
+    """A prefix model whose decoding engines are compiled, and a reference for a given prefix."""
+    model = base_model(pre_seq_len=4)
+    embedding = dict(model.parameters_and_names())["transformer.prefix_encoder.embedding.weight"]
+    write_in_place(embedding, np.random.default_rng(3).normal(0, 10, embedding.shape))
+    prompt = probe[2:3]
+    model.generate(prompt, max_new_tokens=4, eos_token_id=[])
+    return model, embedding, prompt
+
+
+def _scramble_then_compare(model, embedding, prompt, seed):
+    write_in_place(embedding, np.random.default_rng(seed).normal(0, 10, embedding.shape))
+    return model.generate(prompt, max_new_tokens=4, eos_token_id=[], use_cache=False)
+
+
+def test_load_prefix_after_generating_uses_the_new_prefix(generating_prefix_model, tmp_path):
+    model, embedding, prompt = generating_prefix_model
+    reference = _scramble_then_compare(model, embedding, prompt, seed=4)
+    save_prefix(model, tmp_path)
+    write_in_place(embedding, np.zeros(embedding.shape))
+    load_prefix(model, tmp_path)  # drops the engines compiled for the old prefix
+    assert model.generate(prompt, max_new_tokens=4, eos_token_id=[]).tolist() == reference.tolist()
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="generation/engine.py writes the prefix into an already-compiled engine's "
+                          "KV buffers with Parameter.set_data, which that graph does not see")
+def test_prefix_changed_in_place_between_generate_calls_is_used(generating_prefix_model):
+    model, embedding, prompt = generating_prefix_model
+    model.generate(prompt, max_new_tokens=4, eos_token_id=[])
+    reference = _scramble_then_compare(model, embedding, prompt, seed=5)  # as an optimizer step would
+    assert model.generate(prompt, max_new_tokens=4, eos_token_id=[]).tolist() == reference.tolist()
+
+
 def test_prefix_errors_name_the_problem(tmp_path):
     with pytest.raises(AdapterError, match="no P-Tuning v2 prefix encoder.*pre_seq_len"):
         setup_ptuning(base_model())

@@ -38,7 +38,7 @@ from ..modeling.pretrained import _uninitialized_parameters
 from .config import (
     ADAPTER_CONFIG_NAME, ADAPTER_TORCH_WEIGHTS_NAME, ADAPTER_WEIGHTS_NAME, AdapterError, LoraConfig,
 )
-from .weights import checkpoint_name, freeze_all_but, load_exact, write_in_place
+from .weights import checkpoint_name, drop_generation_cache, freeze_all_but, load_exact, write_in_place
 
 logger = logging.getLogger(__name__)
 
@@ -161,12 +161,6 @@ def _replace_child(root: nn.Cell, path: str, new: nn.Cell) -> None:
     parent.insert_child_to_cell(name, new)
 
 
-def _drop_compiled_graphs(model: nn.Cell) -> None:
-    clear = getattr(model, "clear_generation_cache", None)
-    if callable(clear):
-        clear()
-
-
 def get_peft_model(model: nn.Cell, config: Optional[LoraConfig] = None) -> nn.Cell:
     """Add LoRA to ``model`` in place (and return it): targeted layers wrapped, base frozen.
 
@@ -196,7 +190,7 @@ def get_peft_model(model: nn.Cell, config: Optional[LoraConfig] = None) -> nn.Ce
         freeze_all_but(model, lambda name: False)
     else:
         mark_only_lora_as_trainable(model, config.bias)
-    _drop_compiled_graphs(model)
+    drop_generation_cache(model)
     logger.info("LoRA on %d layers: %s", len(targets), trainable_summary(model))
     return model
 
@@ -360,7 +354,7 @@ def unload_lora(model: nn.Cell, merge: bool = False) -> nn.Cell:
         _replace_child(model, path, layer.to_linear())
     if hasattr(model, "peft_config"):
         del model.peft_config
-    _drop_compiled_graphs(model)
+    drop_generation_cache(model)
     return model
 
 

@@ -27,7 +27,7 @@ from ..configuration import CONFIG_NAME
 from ..hub import HubOptions, is_local, resolve_file
 from ..modeling.prefix_encoder import PrefixEncoder
 from .config import AdapterError
-from .weights import freeze_all_but, load_exact, named_parameters
+from .weights import drop_generation_cache, freeze_all_but, load_exact, named_parameters
 
 PREFIX_KEY = "transformer.prefix_encoder."
 PREFIX_WEIGHTS_NAME = "prefix_encoder.safetensors"
@@ -133,5 +133,9 @@ def load_prefix(model: nn.Cell, source: Union[str, os.PathLike], options: HubOpt
     params = dict(named_parameters(model, in_prefix))
     files = prefix_weight_files(source, options)
     where = str(files[0]) if len(files) == 1 else f"{source} ({len(files)} files)"
-    return load_exact(params, iter_tensors(files), where, "P-Tuning v2 prefix",
-                      ignore=lambda key: not key.startswith(PREFIX_KEY))
+    loaded = load_exact(params, iter_tensors(files), where, "P-Tuning v2 prefix",
+                        ignore=lambda key: not key.startswith(PREFIX_KEY))
+    # Decoding engines copy the prefix into their KV buffers with Parameter.set_data, which a graph
+    # compiled earlier does not see: start from fresh engines so the new prefix is used.
+    drop_generation_cache(model)
+    return loaded

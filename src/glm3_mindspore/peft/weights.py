@@ -42,6 +42,13 @@ def freeze_all_but(model: nn.Cell, trainable: Callable[[str], bool]) -> List[str
     return kept
 
 
+def drop_generation_cache(model: nn.Cell) -> None:
+    """Forget the model's decoding engines (their compiled graphs and KV buffers); rebuilt on demand."""
+    clear = getattr(model, "clear_generation_cache", None)
+    if callable(clear):
+        clear()
+
+
 def write_in_place(param: Parameter, value: np.ndarray) -> None:
     """Copy ``value`` (cast to the parameter dtype) into the parameter's own storage."""
     array = np.array(value, dtype=numpy_dtype(param.dtype), order="C", copy=True)  # keeps 0-d shapes
