@@ -105,7 +105,7 @@ def save_safetensors(path: Path, tensors: Mapping[str, np.ndarray], metadata: Op
     offset = 0
     arrays = {}
     for key, value in tensors.items():
-        array = np.ascontiguousarray(value)
+        array = np.require(value, requirements="C")  # keeps 0-d arrays 0-d (ascontiguousarray would not)
         header[key] = {"dtype": _to_safetensors_dtype(array.dtype), "shape": list(array.shape),
                        "data_offsets": [offset, offset + array.nbytes]}
         offset += array.nbytes

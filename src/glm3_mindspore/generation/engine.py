@@ -18,6 +18,8 @@ import mindspore as ms
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
+from ..modeling.pretrained import write_parameter
+
 PROMPT_BUCKET = 32
 CACHE_BUCKET = 256
 MAX_ENGINES = 2
@@ -82,7 +84,7 @@ class DecodingEngine(nn.Cell):
     def _write_slots(buffer: Parameter, values: np.ndarray, start: int) -> None:
         data = buffer.asnumpy().copy()
         data[:, :, start:start + values.shape[2]] = values
-        buffer.set_data(Tensor(data, buffer.dtype))
+        write_parameter(buffer, data)  # in place: the compiled steps read this storage
 
 
 class EngineCache:

@@ -58,7 +58,24 @@ def numpy_dtype(dtype):
         from mindspore.common.np_dtype import bfloat16
 
         return bfloat16
-    return {ms.float32: np.float32, ms.float16: np.float16}[dtype]
+    return {ms.float32: np.float32, ms.float16: np.float16, ms.int32: np.int32, ms.int64: np.int64,
+            ms.bool_: np.bool_}[dtype]
+
+
+def write_parameter(param, value) -> None:
+    """Put ``value`` (numpy or Tensor, cast to the parameter's dtype) into ``param``.
+
+    ``Parameter.set_data`` swaps the parameter's storage, and graphs compiled
+    before (and even after) keep reading the old one; an in-place ``copy_``
+    reaches them. Parameters not materialised yet (lazy init) take ``set_data``.
+    """
+    if isinstance(value, Tensor):
+        value = value.asnumpy()
+    tensor = Tensor.from_numpy(np.array(value, dtype=numpy_dtype(param.dtype), order="C", copy=True))
+    if getattr(param, "has_init", False):
+        param.set_data(tensor)
+    else:
+        param.copy_(tensor)  # unlike ops.assign, also for bfloat16 on CPU
 
 
 class WeightLoadingError(ValueError):
@@ -199,7 +216,7 @@ class ChatGLM3PreTrainedModel(nn.Cell):
             if tuple(array.shape) != tuple(param.shape):
                 report.mismatched.append((checkpoint_name, tuple(array.shape), tuple(param.shape)))
                 continue
-            param.set_data(_owned_tensor(array, numpy_dtype(param.dtype)))
+            write_parameter(param, array)
             release_pages(array)
             report.loaded.append(name)
             del array  # a converted copy must not outlive its turn
@@ -251,16 +268,6 @@ class ChatGLM3PreTrainedModel(nn.Cell):
         if self.generation_config is not None:
             self.generation_config.save_pretrained(folder)
         return folder
-
-
-def _owned_tensor(array: np.ndarray, dtype) -> Tensor:
-    """Exactly one copy of ``array`` (cast to ``dtype``), owned by the returned Tensor.
-
-    The source is often a read-only view of a memory-mapped file: the copy makes
-    the parameter writable and independent of the file, and ``from_numpy``
-    shares that copy instead of making a second one.
-    """
-    return Tensor.from_numpy(np.array(array, dtype=dtype, order="C", copy=True))
 
 
 def _uninitialized_parameters():

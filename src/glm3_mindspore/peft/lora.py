@@ -38,7 +38,7 @@ from ..modeling.pretrained import _uninitialized_parameters
 from .config import (
     ADAPTER_CONFIG_NAME, ADAPTER_TORCH_WEIGHTS_NAME, ADAPTER_WEIGHTS_NAME, AdapterError, LoraConfig,
 )
-from .weights import checkpoint_name, drop_generation_cache, freeze_all_but, load_exact, write_in_place
+from .weights import checkpoint_name, drop_generation_cache, freeze_all_but, load_exact, write_parameter
 
 logger = logging.getLogger(__name__)
 
@@ -102,22 +102,22 @@ class LoraLinear(Linear):
     def merge(self) -> None:
         if self.merged:
             return
-        write_in_place(self.weight, self.weight.asnumpy().astype(np.float32) + self.delta_weight())
-        write_in_place(self.lora_scaling, np.float32(0))
+        write_parameter(self.weight, self.weight.asnumpy().astype(np.float32) + self.delta_weight())
+        write_parameter(self.lora_scaling, np.float32(0))
         self.merged = True
 
     def unmerge(self) -> None:
         if not self.merged:
             return
-        write_in_place(self.weight, self.weight.asnumpy().astype(np.float32) - self.delta_weight())
-        write_in_place(self.lora_scaling, np.float32(self.scaling))
+        write_parameter(self.weight, self.weight.asnumpy().astype(np.float32) - self.delta_weight())
+        write_parameter(self.lora_scaling, np.float32(self.scaling))
         self.merged = False
 
     def set_scaling(self, scaling: float) -> None:
         if self.merged:
             raise AdapterError("cannot change the scaling of a merged LoRA layer; unmerge it first")
         self.scaling = float(scaling)
-        write_in_place(self.lora_scaling, np.float32(scaling))
+        write_parameter(self.lora_scaling, np.float32(scaling))
 
     def to_linear(self) -> Linear:
         """A plain :class:`Linear` holding this layer's base ``weight`` / ``bias`` parameters."""

@@ -13,7 +13,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, 
 import numpy as np
 from mindspore import Parameter, Tensor, nn
 
-from ..modeling.pretrained import numpy_dtype
+from ..modeling.pretrained import numpy_dtype, write_parameter
 from .config import AdapterError
 
 _LIST_LIMIT = 6
@@ -47,12 +47,6 @@ def drop_generation_cache(model: nn.Cell) -> None:
     clear = getattr(model, "clear_generation_cache", None)
     if callable(clear):
         clear()
-
-
-def write_in_place(param: Parameter, value: np.ndarray) -> None:
-    """Copy ``value`` (cast to the parameter dtype) into the parameter's own storage."""
-    array = np.array(value, dtype=numpy_dtype(param.dtype), order="C", copy=True)  # keeps 0-d shapes
-    param.copy_(Tensor.from_numpy(array))  # unlike ops.assign, also for bfloat16 on CPU
 
 
 def _listing(items: List[str]) -> str:
@@ -99,5 +93,5 @@ def load_exact(
     if problems:
         raise AdapterError(f"{source}: {what} does not fit the model: " + "; ".join(problems))
     for key, array in arrays.items():
-        write_in_place(params[key], array)
+        write_parameter(params[key], array)
     return list(arrays)
