@@ -42,7 +42,7 @@ MINDFORMERS_MODEL_KEYS = {
     "block_size", "num_blocks", "use_rearrange_rope", "mask_generate", "no_recompute_layers",
     "use_prompt_flash_attention", "use_incre_flash_attention", "qkv_concat", "vocab_size",
     "max_length", "bos_token_id", "gmask_token_id", "offset", "use_past_shard", "kv_channels",
-    "num_key_value_heads", "use_llama_rope", "parallel_config", "ln_lower_bound",
+    "num_key_value_heads", "use_llama_rope", "parallel_config", "ln_lower_bound", "pet_config",
 }
 
 # MindFormers model-zoo names -> hub repositories with the same weights.
@@ -123,12 +123,22 @@ def model_config_from_yaml(path, **overrides: Any) -> ChatGLM3Config:
     their line.
     """
     doc = YamlDocument(path)
+    config = model_config_from_yaml_values(doc, doc.section("model", "model_config"), **overrides)
+    vocab_file = doc.get("processor", "tokenizer", "vocab_file")
+    if vocab_file:
+        config.vocab_file = doc.resolve_path(str(vocab_file))
+    return config
+
+
+def model_config_from_yaml_values(doc: "YamlDocument", section_values: Dict[str, Any], **overrides: Any) -> ChatGLM3Config:
+    """The config described by ``model.model_config`` of ``doc`` (already read)."""
     section = ("model", "model_config")
-    values = dict(doc.section(*section))
+    values = dict(section_values)
     for key in values:
         if key not in CONFIG_FIELDS and key not in MINDFORMERS_MODEL_KEYS and key != "model_type":
             raise ConfigError(f"{doc.where(*section, key)}: unknown key")
     values.pop("type", None)
+    values.pop("pet_config", None)  # the fine-tuning config reads it
     values = {key: _plain_value(value) for key, value in values.items()}
     if "vocab_size" in values and "padded_vocab_size" not in values:
         values["padded_vocab_size"] = values.pop("vocab_size")
@@ -143,9 +153,6 @@ def model_config_from_yaml(path, **overrides: Any) -> ChatGLM3Config:
     config._yaml_path = str(doc.path)
     if values.get("checkpoint_name_or_path"):
         config.checkpoint_name_or_path = doc.resolve_path(str(values["checkpoint_name_or_path"]))
-    vocab_file = doc.get("processor", "tokenizer", "vocab_file")
-    if vocab_file:
-        config.vocab_file = doc.resolve_path(str(vocab_file))
     return config
 
 

@@ -15,6 +15,9 @@ from typing import List, Optional
 
 # Sub-command modules, in the order ``glm3 --help`` lists them.
 COMMANDS = [
+    "demo",
+    "finetune",
+    "evaluate",
     "generate",
     "chat",
     "tokenize",
@@ -47,7 +50,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (CliError, FileNotFoundError, ValueError, NotADirectoryError, PermissionError) as exc:
+    except (CliError, FileNotFoundError, FileExistsError, ValueError, NotADirectoryError, PermissionError) as exc:
         print(f"glm3 {args.command}: error: {exc}", file=sys.stderr)
         return 1
 

@@ -1,0 +1,12 @@
+"""Fine-tuning: arguments, the compiled train step, the Trainer, checkpoints and callbacks."""
+
+from .arguments import ArgumentError, TrainingArguments
+from .callbacks import TrainerCallback, TrainerControl, TrainerState
+from .checkpointing import CheckpointNotFoundError, checkpoint_dirs
+from .optim import DynamicLossScaler, learning_rate_at
+from .trainer import Trainer, TrainOutput
+
+__all__ = [
+    "ArgumentError", "CheckpointNotFoundError", "DynamicLossScaler", "Trainer", "TrainerCallback",
+    "TrainerControl", "TrainerState", "TrainingArguments", "TrainOutput", "checkpoint_dirs", "learning_rate_at",
+]
