@@ -209,3 +209,11 @@ def test_generation_config_json_is_read(tmp_path, expected):
     assert loaded.generation_config.eos_token_ids == CHAT_STOP
     out = loaded.generate(expected["chat_input_ids"])
     assert out.shape[1] <= 64
+
+
+def test_bf16_parameters_generate_compiled_like_pynative(expected):
+    # CPU has no compiled bf16 gather: the engine looks embeddings up outside the graph
+    model = ChatGLM3ForConditionalGeneration.from_pretrained(TINY, ms_dtype="bfloat16")
+    prompt = expected["chat_input_ids"]
+    compiled = model.generate(prompt, max_new_tokens=6, eos_token_id=[])
+    assert compiled.tolist() == model.generate(prompt, max_new_tokens=6, eos_token_id=[], compiled=False).tolist()

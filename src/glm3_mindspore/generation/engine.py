@@ -49,19 +49,26 @@ class DecodingEngine(nn.Cell):
         self.value_cache = ms.ParameterTuple(
             [Parameter(zeros(), name=f"kv_cache.{id(self)}.{i}.value", requires_grad=False) for i in range(self.num_layers)])
         self._step = ms.jit(self.step) if compiled else self.step
+        # CPU has no compiled bfloat16 gather: look embeddings up op by op, feed them to the graph.
+        self.embed_outside = compiled and model.transformer.embedding.word_embeddings.gather_bits
 
-    def step(self, input_ids: Tensor, position_ids: Tensor, attention_mask: Tensor, cache_position: Tensor) -> Tensor:
+    def step(self, input_ids, position_ids: Tensor, attention_mask: Tensor, cache_position: Tensor,
+             inputs_embeds=None) -> Tensor:
         """Run ``input_ids`` ``[B, S]`` at cache slots ``cache_position ..``; fp32 logits of the last one."""
         kv_caches = [(self.key_cache[i], self.value_cache[i]) for i in range(self.num_layers)]
-        _, logits = self.model(input_ids, position_ids, attention_mask, None, kv_caches, cache_position, True)
+        _, logits = self.model(input_ids, position_ids, attention_mask, None, kv_caches, cache_position, True,
+                               inputs_embeds)
         return logits[:, -1].astype(ms.float32)
 
     def run(self, input_ids: np.ndarray, position_ids: np.ndarray, cache_mask: np.ndarray, cache_position: int) -> np.ndarray:
+        ids = Tensor(input_ids.astype(np.int32))
+        embeds = self.model.transformer.embedding(ids) if self.embed_outside else None
         logits = self._step(
-            Tensor(input_ids.astype(np.int32)),
+            None if self.embed_outside else ids,
             Tensor(position_ids.astype(np.int32)),
             Tensor(cache_mask.astype(np.int32)),
             Tensor(np.int32(cache_position)),
+            embeds,
         )
         return logits.asnumpy()
 

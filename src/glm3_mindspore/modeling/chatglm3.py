@@ -74,6 +74,9 @@ class ChatGLM3Model(ChatGLM3PreTrainedModel):
       read the whole cache; ``attention_mask`` then covers all ``L`` slots;
     * with ``pre_seq_len`` (P-Tuning v2) and no cache, learned prefixes are
       prepended to every layer's keys and values, as upstream does.
+
+    ``inputs_embeds`` replaces the embedding lookup of ``input_ids`` (Hugging Face's
+    argument of that name).
     """
 
     def __init__(self, config: ChatGLM3Config, dtype=None, compute_dtype=None) -> None:
@@ -95,15 +98,18 @@ class ChatGLM3Model(ChatGLM3PreTrainedModel):
         attention_mask: Optional[Tensor] = None,
         kv_caches: Optional[KVCaches] = None,
         cache_position: Optional[Tensor] = None,
+        inputs_embeds: Optional[Tensor] = None,
     ) -> Tensor:
-        batch, seq = input_ids.shape
+        if inputs_embeds is None:
+            inputs_embeds = self.embedding(input_ids)
+        batch, seq = inputs_embeds.shape[0], inputs_embeds.shape[1]
         if cache_position is None:
             cache_position = ops.zeros((), ms.int32)
         if position_ids is None:
             position_ids = (ops.arange(seq, dtype=ms.int32) + cache_position).reshape(1, seq).broadcast_to((batch, seq))
         cos, sin = self.rotary_pos_emb(position_ids)
 
-        hidden_states = self.embedding(input_ids)
+        hidden_states = inputs_embeds
         if hidden_states.dtype != self.compute_dtype:
             hidden_states = hidden_states.astype(self.compute_dtype)
 
@@ -143,8 +149,10 @@ class ChatGLM3ForConditionalGeneration(GenerationMixin, ChatMixin, NamedOutputs,
         kv_caches: Optional[KVCaches] = None,
         cache_position: Optional[Tensor] = None,
         return_last_logit: bool = False,
+        inputs_embeds: Optional[Tensor] = None,
     ) -> CausalLMOutput:
-        hidden_states = self.transformer(input_ids, position_ids, attention_mask, kv_caches, cache_position)
+        hidden_states = self.transformer(input_ids, position_ids, attention_mask, kv_caches, cache_position,
+                                         inputs_embeds)
         if return_last_logit:
             hidden_states = hidden_states[:, -1:]
         logits = self.transformer.output_layer(hidden_states)
