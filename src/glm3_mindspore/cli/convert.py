@@ -116,7 +116,8 @@ def _cast(tensors: Iterator[Tuple[str, np.ndarray]], dtype_name: Optional[str]) 
     if dtype_name is None:
         yield from tensors
         return
-    from ..modeling.pretrained import numpy_dtype, resolve_dtype
+    from ..modeling.pretrained import resolve_dtype
+    from ..parameter_io import numpy_dtype
 
     target = np.dtype(numpy_dtype(resolve_dtype(dtype_name)))
     for name, array in tensors:

@@ -18,7 +18,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
-from ..modeling.pretrained import write_parameter
+from ..parameter_io import write_parameter
 
 PROMPT_BUCKET = 32
 CACHE_BUCKET = 256

@@ -18,6 +18,7 @@ from mindspore import Tensor, nn
 
 from ..configuration import ChatGLM3Config
 from ..hub import HubOptions
+from ..parameter_io import numpy_dtype, write_parameter
 from ..runtime import supports_bf16_compute
 
 logger = logging.getLogger(__name__)
@@ -51,31 +52,6 @@ def default_compute_dtype(param_dtype):
     if param_dtype == ms.bfloat16 and not supports_bf16_compute():
         return ms.float32
     return param_dtype
-
-
-def numpy_dtype(dtype):
-    if dtype == ms.bfloat16:
-        from mindspore.common.np_dtype import bfloat16
-
-        return bfloat16
-    return {ms.float32: np.float32, ms.float16: np.float16, ms.int32: np.int32, ms.int64: np.int64,
-            ms.bool_: np.bool_}[dtype]
-
-
-def write_parameter(param, value) -> None:
-    """Put ``value`` (numpy or Tensor, cast to the parameter's dtype) into ``param``.
-
-    ``Parameter.set_data`` swaps the parameter's storage, and graphs compiled
-    before (and even after) keep reading the old one; an in-place ``copy_``
-    reaches them. Parameters not materialised yet (lazy init) take ``set_data``.
-    """
-    if isinstance(value, Tensor):
-        value = value.asnumpy()
-    tensor = Tensor.from_numpy(np.array(value, dtype=numpy_dtype(param.dtype), order="C", copy=True))
-    if getattr(param, "has_init", False):
-        param.set_data(tensor)
-    else:
-        param.copy_(tensor)  # unlike ops.assign, also for bfloat16 on CPU
 
 
 class WeightLoadingError(ValueError):

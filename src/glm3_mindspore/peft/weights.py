@@ -13,7 +13,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, 
 import numpy as np
 from mindspore import Parameter, Tensor, nn
 
-from ..modeling.pretrained import numpy_dtype, write_parameter
+from ..parameter_io import numpy_dtype, write_parameter
 from .config import AdapterError
 
 _LIST_LIMIT = 6

@@ -33,7 +33,7 @@ class DemoSettings:
     train_rows: int = 900
     eval_rows: int = 170
     epochs: float = 2.0
-    batch_size: int = 16
+    batch_size: int = 8
     learning_rate: float = 3e-3
     max_source_length: int = 48
     max_target_length: int = 79

@@ -17,7 +17,7 @@ import numpy as np
 from mindspore import Parameter, Tensor
 from mindspore.experimental.optim import AdamW
 
-from ..modeling.pretrained import write_parameter
+from ..parameter_io import write_parameter
 from .arguments import TrainingArguments
 
 
