@@ -1,0 +1,34 @@
+"""Timing helpers shared by the benchmark processes (numpy-free, framework-free).
+
+The project machine is shared: :func:`timed` also reports how many CPU cores
+other processes used while a call ran, so a disturbed measurement can be told
+from a slow one.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable, Tuple
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def busy_cpu_seconds() -> float:
+    """CPU seconds spent by everything on the machine so far (Linux ``/proc/stat``), or NaN elsewhere."""
+    try:
+        with open("/proc/stat", encoding="ascii") as handle:
+            fields = [float(x) for x in handle.readline().split()[1:]]
+    except (OSError, ValueError):
+        return float("nan")
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / _CLOCK_TICKS
+
+
+def timed(fn: Callable[[], Any]) -> Tuple[float, float, Any]:
+    """``(seconds, other processes' load in cores, result)`` of one call of ``fn``."""
+    busy, own, start = busy_cpu_seconds(), time.process_time(), time.perf_counter()
+    result = fn()
+    elapsed = time.perf_counter() - start
+    others = (busy_cpu_seconds() - busy) - (time.process_time() - own)
+    return elapsed, max(others, 0.0) / elapsed, result
