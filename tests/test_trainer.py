@@ -221,3 +221,20 @@ def test_bad_arguments_are_named():
         TrainingArguments(per_device_train_batch_size=0)
     args = TrainingArguments().with_overrides(["learning_rate=2e-4", "report_to=[]", "max_grad_norm=null"])
     assert args.learning_rate == 2e-4 and args.report_to == [] and args.max_grad_norm is None
+
+
+def test_predict_returns_next_token_choices_and_loss(tmp_path, expected_train):
+    model = ChatGLM3ForConditionalGeneration.from_pretrained(TINY, ms_dtype=ms.float32)
+    rows = fixture_rows(expected_train)
+    output = Trainer(model, upstream_args(tmp_path)).predict(rows)
+    assert [len(p) for p in output.predictions] == [len(r["input_ids"]) for r in rows]
+    assert output.metrics["test_loss"] == pytest.approx(expected_train["losses"][0], abs=1e-4)
+
+
+def test_token_ids_outside_the_vocabulary_are_named(tmp_path):
+    model = ChatGLM3ForConditionalGeneration.from_pretrained(TINY, ms_dtype=ms.float32)
+    rows = [{"input_ids": [1, 2, 70000], "labels": [1, 2, 3]}]
+    with pytest.raises(ValueError, match="outside the model's vocabulary"):
+        Trainer(model, upstream_args(tmp_path, max_steps=1), train_dataset=rows).train()
+    with pytest.raises(ValueError, match="token id 70000"):
+        model.generate([[64790, 64792, 70000]], max_new_tokens=2)

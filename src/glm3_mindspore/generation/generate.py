@@ -107,6 +107,7 @@ class GenerationMixin:
                         logits_processor, compiled, use_cache, truncate_prompt, past, kwargs):
         config = self._generation_config(generation_config, kwargs)
         prompt = _as_2d_int(input_ids, "input_ids")
+        _check_token_ids(prompt, self.config.padded_vocab_size)
         pad_id = config.pad_token_id if config.pad_token_id is not None else self.config.pad_token_id or 0
         mask = _as_2d_int(attention_mask, "attention_mask") if attention_mask is not None else _infer_mask(prompt, pad_id, config)
         if mask.shape != prompt.shape:
@@ -278,6 +279,13 @@ def _as_2d_int(value, name: str) -> np.ndarray:
     if array.ndim != 2 or not np.issubdtype(array.dtype, np.integer) or 0 in array.shape:
         raise ValueError(f"{name} must be a non-empty [batch, length] array of integers, got shape {array.shape} {array.dtype}")
     return array.astype(np.int64)
+
+
+def _check_token_ids(ids: np.ndarray, vocab_size: int) -> None:
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0 or high >= vocab_size:
+        bad = low if low < 0 else high
+        raise ValueError(f"input_ids holds token id {bad}, outside the model's vocabulary [0, {vocab_size})")
 
 
 def _infer_mask(prompt: np.ndarray, pad_id: int, config: GenerationConfig) -> np.ndarray:

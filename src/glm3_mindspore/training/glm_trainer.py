@@ -65,6 +65,15 @@ class ChatGLM3Trainer(Trainer):
         self.callbacks.fire("on_evaluate", self.args, self.state, self.control, metrics=metrics)
         return metrics
 
+    def predict(self, test_examples, max_new_tokens: Optional[int] = None):
+        """Greedy replies to prompt rows (``input_ids`` + ``reference``), scored with the ADGEN metric."""
+        from ..metrics import compute_adgen_metrics
+        from .trainer import PredictionOutput
+
+        predictions, references = self.generate_predictions(test_examples, None, max_new_tokens)
+        scores = compute_adgen_metrics(predictions, references)
+        return PredictionOutput(predictions, references, {f"test_{k}": v for k, v in scores.items()})
+
     def generate_predictions(self, examples: Sequence[Dict[str, Any]], limit: Optional[int] = None,
                              max_new_tokens: Optional[int] = None) -> Tuple[List[str], List[str]]:
         """Greedy replies to the examples' prompts, with their references."""

@@ -42,6 +42,15 @@ class TrainOutput:
     metrics: Dict[str, float]
 
 
+@dataclass
+class PredictionOutput:
+    """Per-row outputs of :meth:`Trainer.predict`, their labels, and summary metrics."""
+
+    predictions: List[Any]
+    label_ids: Optional[List[Any]]
+    metrics: Dict[str, float]
+
+
 class SingleProcess:
     """No parallelism: the default ``parallel`` of a :class:`Trainer`."""
 
@@ -54,6 +63,12 @@ class SingleProcess:
         return True
 
     def mean(self, value: float) -> float:
+        return value
+
+    def any(self, *flags: bool) -> tuple:
+        return tuple(bool(f) for f in flags)
+
+    def same(self, value: int, what: str) -> int:
         return value
 
     def barrier(self) -> None:
@@ -165,6 +180,10 @@ class Trainer:
         missing = [k for k in BATCH_KEYS if k not in batch]
         if missing:
             raise ValueError(f"the data collator did not produce {', '.join(missing)}")
+        vocab = getattr(getattr(self.model, "config", None), "padded_vocab_size", None)
+        if vocab is not None and (batch["input_ids"].min() < 0 or batch["input_ids"].max() >= vocab):
+            raise ValueError(f"rows {indices} hold token ids outside the model's vocabulary [0, {vocab}): "
+                             "was the data tokenized with a different tokenizer?")
         return batch
 
     def steps_per_epoch(self) -> int:
@@ -190,6 +209,7 @@ class Trainer:
         if checkpoint is not None:
             self._resume(checkpoint)
             logger.info("resuming from %s at step %d", checkpoint, self.state.global_step)
+        self.parallel.same(self.state.global_step, "the step to start or resume training from")
         self.model.set_train(True)
         self.callbacks.fire("on_train_begin", args, self.state, self.control)
         global_batch = args.per_device_train_batch_size * self.parallel.world_size
@@ -244,6 +264,9 @@ class Trainer:
             self._pending_log = []
             self.log(record)
         self.callbacks.fire("on_step_end", self.args, self.state, self.control)
+        control = self.control  # a callback on one rank decides for all of them
+        control.should_stop, control.should_save, control.should_evaluate = self.parallel.any(
+            control.should_stop, control.should_save, control.should_evaluate)
         self._maybe_save_or_evaluate(epoch_end=False)
         return loss
 
@@ -280,6 +303,24 @@ class Trainer:
         self.log(metrics)
         self.callbacks.fire("on_evaluate", self.args, self.state, self.control, metrics=metrics)
         return metrics
+
+    def predict(self, test_dataset) -> PredictionOutput:
+        """Greedy next-token ids at every labelled position of each row, with ``test_loss``."""
+        was_training = self.model.training
+        self.model.set_train(False)
+        predictions, labels = [], []
+        try:
+            for indices in self._batches(test_dataset, self.args.per_device_eval_batch_size, 0, shuffle=False):
+                batch = self._collate(test_dataset, indices)
+                logits = self.model(*[Tensor(batch[k].astype(np.int32)) for k in BATCH_KEYS[:3]])[1]
+                choice = logits.asnumpy().argmax(-1)
+                for row, index in enumerate(indices):
+                    length = len(test_dataset[int(index)]["input_ids"])
+                    predictions.append(choice[row, :length])
+                    labels.append(np.asarray(test_dataset[int(index)]["labels"]))
+        finally:
+            self.model.set_train(was_training)
+        return PredictionOutput(predictions, labels, {"test_loss": self._eval_loss_over(test_dataset)})
 
     def _eval_loss_over(self, dataset) -> float:
         if self._eval_loss is None:
