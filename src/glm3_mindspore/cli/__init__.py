@@ -24,6 +24,7 @@ COMMANDS = [
     "data",
     "convert",
     "lora",
+    "launch",
 ]
 
 
