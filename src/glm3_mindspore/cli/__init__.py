@@ -25,6 +25,7 @@ COMMANDS = [
     "convert",
     "lora",
     "launch",
+    "parallel",
 ]
 
 

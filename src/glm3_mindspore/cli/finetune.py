@@ -17,7 +17,7 @@ def run(args) -> int:
     from ..training.finetune_config import load_finetune_config
 
     config = load_finetune_config(args.config, args.overrides)
-    result = run_finetune(config, parallel=parallel_from_environment())
+    result = run_finetune(config, parallel=parallel_from_environment(config.parallel_config, config.model_config))
     if result.trainer.parallel.is_main:
         for name, value in result.metrics.items():
             print(f"{name}: {value:.4f}")

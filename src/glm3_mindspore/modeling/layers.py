@@ -53,12 +53,13 @@ class Embedding(nn.Cell):
         self.weight = Parameter(initializer(Normal(INIT_STD), (num_embeddings, embedding_dim), dtype), name="weight")
         # CPU has no bfloat16 gather: move the rows as raw 16-bit words instead.
         self.gather_bits = dtype == ms.bfloat16 and not supports_bf16_compute()
+        self.gather = ops.Gather()  # a primitive, so a parallel layout can give it a shard strategy
 
     def construct(self, ids: Tensor) -> Tensor:
         ids = ids.astype(ms.int32)
         if self.gather_bits:
-            return ops.gather(self.weight.view(ms.uint16), ids, 0).view(ms.bfloat16)
-        return ops.gather(self.weight, ids, 0)
+            return self.gather(self.weight.view(ms.uint16), ids, 0).view(ms.bfloat16)
+        return self.gather(self.weight, ids, 0)
 
 
 class RMSNorm(nn.Cell):
