@@ -26,6 +26,7 @@ COMMANDS = [
     "lora",
     "launch",
     "parallel",
+    "ckpt",
 ]
 
 
