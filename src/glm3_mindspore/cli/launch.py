@@ -117,7 +117,8 @@ def run(args) -> int:
 def _print_failures(log_dir: Path, lines: int = 25) -> None:
     for log in sorted(log_dir.glob("worker_*.log")):
         text = log.read_text(encoding="utf-8", errors="replace").splitlines()
-        if any("Traceback" in line or "Error" in line for line in text):
+        if any("Traceback" in line or "error" in line.lower() for line in text
+               if not line.startswith(("[WARNING]", "[INFO]"))):
             tail = [line for line in text if not line.startswith(("[WARNING]", "[INFO]"))][-lines:]
             print(f"--- {log} (last lines) ---", file=sys.stderr)
             print("\n".join(tail), file=sys.stderr)

@@ -80,7 +80,7 @@ def format_plan(layout: Layout, memory: MemorySettings, source: str = "", full: 
         f"({c.num_key_value_groups} key/value groups), ffn {c.ffn_hidden_size}, vocab {c.padded_vocab_size}: "
         f"{total / 1e9:.3f} B parameters, {trainable / 1e9:.3f} B trainable",
         f"layout: data_parallel {cfg.data_parallel} x model_parallel {cfg.model_parallel} x pipeline_stage "
-        f"{cfg.pipeline_stage} = {cfg.world_size} devices; micro_batch_num {cfg.micro_batch_num}, "
+        f"{cfg.pipeline_stage} = {cfg.world_size} device{'s' if cfg.world_size > 1 else ''}; micro_batch_num {cfg.micro_batch_num}, "
         f"vocab_emb_dp {str(cfg.vocab_emb_dp).lower()}, sequence parallel {on(cfg.use_seq_parallel)}, "
         f"optimizer shard {on(cfg.optimizer_shard)}, recompute {on(cfg.recompute)}",
         f"per device: micro-batch {memory.batch_size} x {seq} tokens, parameters {memory.param_dtype}, compute "
