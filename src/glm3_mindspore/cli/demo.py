@@ -6,7 +6,7 @@ from __future__ import annotations
 def register(subparsers) -> None:
     parser = subparsers.add_parser("demo", help="fine-tune a small ChatGLM3 on ADGEN on this CPU (a few minutes)")
     parser.add_argument("--output-dir", default="output/demo")
-    parser.add_argument("--epochs", type=float, default=None, help="training epochs over the 900 rows (default 2)")
+    parser.add_argument("--epochs", type=float, default=None, help="training epochs over the 900 rows (default 1.5)")
     parser.add_argument("--train-rows", type=int, default=None, help="rows to train on (default 900)")
     parser.add_argument("--samples", type=int, default=None, help="eval rows answered for ROUGE/BLEU (default 16)")
     parser.set_defaults(func=run)

@@ -32,7 +32,7 @@ class DemoSettings:
     output_dir: str = "output/demo"
     train_rows: int = 900
     eval_rows: int = 170
-    epochs: float = 2.0
+    epochs: float = 1.5
     batch_size: int = 8
     learning_rate: float = 3e-3
     max_source_length: int = 48
