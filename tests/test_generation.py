@@ -142,6 +142,8 @@ def test_prompt_longer_than_seq_length_is_a_clear_error_or_truncated(model):
     long_prompt = np.array([[64790, 64792] + [30910] * 600])
     with pytest.raises(PromptTooLongError, match="seq_length=512"):
         model.generate(long_prompt, max_new_tokens=4)
+    near_the_end = long_prompt[:, :505]  # room for 7 more positions only
+    assert model.generate(near_the_end, max_new_tokens=50, eos_token_id=[]).shape[1] == 512
     out = model.generate(long_prompt, max_new_tokens=4, truncate_prompt=True, eos_token_id=[])
     assert out.shape[1] <= 512 and out[0, :2].tolist() == [64790, 64792]
 

@@ -152,30 +152,36 @@ class GenerationMixin:
                 streamer.end()
 
     def _fit_prompt(self, prompt, mask, positions, config: GenerationConfig, truncate: bool):
-        """Check (or, when asked, left-truncate) the prompt against max_length and seq_length."""
+        """Check (or, when asked, left-truncate) the prompt; bound the new tokens by ``seq_length``.
+
+        A prompt that does not fit ``max_length`` (when no ``max_new_tokens`` is
+        given) or leaves no room under the model's ``seq_length`` is an error
+        unless ``truncate``. A generation budget reaching past ``seq_length``
+        (upstream chat's ``max_length=8192`` on a shorter model) is cut there.
+        """
         length = prompt.shape[1]
         limit = self.config.seq_length
-        if config.max_new_tokens is not None:
-            max_new = config.max_new_tokens
-        else:
-            max_new = config.max_length - length
-        first_position = int(positions[:, -1].max()) + 1 if length else 0
-        overflow = max(first_position + max(max_new, 1) - limit, 0)
-        if config.max_new_tokens is None and max_new < 1:
-            overflow = max(overflow, 1 - max_new)
+        first_position = int(positions[:, -1].max()) + 1
+        overflow = max(first_position + 1 - limit, 0)  # room for at least one new token
+        if config.max_new_tokens is None:
+            overflow = max(overflow, length + 1 - config.max_length)
         if overflow:
             if not truncate:
                 raise PromptTooLongError(
-                    f"the prompt has {length} tokens; with max_length={config.max_length}, "
-                    f"max_new_tokens={config.max_new_tokens} and the model's seq_length={limit} it is "
-                    f"{overflow} token(s) too long (pass truncate_prompt=True to drop the oldest tokens)"
+                    f"the prompt has {length} tokens: {overflow} too many for max_length={config.max_length} "
+                    f"and the model's seq_length={limit} (pass truncate_prompt=True to drop the oldest tokens, "
+                    "or raise max_length / use max_new_tokens)"
                 )
             keep = _truncated_columns(prompt, overflow)
             prompt, mask = prompt[:, keep], mask[:, keep]
             positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
-            if config.max_new_tokens is None:
-                max_new = config.max_length - prompt.shape[1]
+            first_position = int(positions[:, -1].max()) + 1
             logger.warning("prompt truncated by %d tokens to fit", overflow)
+        max_new = config.max_new_tokens if config.max_new_tokens is not None else config.max_length - prompt.shape[1]
+        room = limit - first_position
+        if max_new > room:
+            logger.info("generating at most %d new tokens: the model's seq_length is %d", room, limit)
+            max_new = room
         return prompt, mask, positions, max_new
 
     def _cached_decoder(self, prompt, mask, positions, max_new, compiled, past):
