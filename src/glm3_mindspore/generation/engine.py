@@ -56,8 +56,8 @@ class DecodingEngine(nn.Cell):
              inputs_embeds=None) -> Tensor:
         """Run ``input_ids`` ``[B, S]`` at cache slots ``cache_position ..``; fp32 logits of the last one."""
         kv_caches = [(self.key_cache[i], self.value_cache[i]) for i in range(self.num_layers)]
-        _, logits = self.model(input_ids, position_ids, attention_mask, None, kv_caches, cache_position, True,
-                               inputs_embeds)
+        logits = self.model(input_ids, position_ids, attention_mask, None, kv_caches, cache_position, True,
+                            inputs_embeds)[1]  # not "_, logits =": an unused element trips MindSpore's auto-monad pass
         return logits[:, -1].astype(ms.float32)
 
     def run(self, input_ids: np.ndarray, position_ids: np.ndarray, cache_mask: np.ndarray, cache_position: int) -> np.ndarray:
