@@ -12,6 +12,8 @@ the MindSpore measurement. Sub-commands:
     each head) is GLM's with ``partial_rotary_factor=0.5``.
 ``logits MODEL PROMPTS OUT``
     fp32 logits of every position of the ``parity`` prompt, for the agreement check.
+``train MODEL BATCH OUT``
+    AdamW steps on one fixed batch (``bench_train.py``): seconds per step and the losses.
 ``bench MODEL PROMPTS OUT``
     Warm-up, then prefill time (``max_new_tokens=1``) and the time for
     ``--new-tokens`` greedy tokens, per batch; JSON to OUT.
@@ -189,6 +191,34 @@ def cmd_bench(args) -> None:
     Path(args.out).write_text(json.dumps(results))
 
 
+def cmd_train(args) -> None:
+    """AdamW steps on one fixed batch: per-step seconds and the losses (for bench_train.py)."""
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = load(Path(args.model), args.dtype, args.attn)
+    model.train()
+    batch = {k: torch.from_numpy(v.astype(np.int64)) for k, v in np.load(args.batch).items()}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+
+    def step():
+        loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    results = {"impl": "torch", "torch": torch.__version__, "threads": torch.get_num_threads(),
+               "losses": [], "step_s": [], "step_bg": []}
+    for index in range(args.warmup + args.steps):
+        elapsed, background, loss = timed(step)
+        results["losses"].append(loss)
+        if index >= args.warmup:
+            results["step_s"].append(elapsed)
+            results["step_bg"].append(background)
+    Path(args.out).write_text(json.dumps(results))
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -209,7 +239,20 @@ def main(argv=None) -> None:
             p.add_argument("--new-tokens", type=int, default=32)
             p.add_argument("--repeats", type=int, default=2)
             p.add_argument("--cache", choices=("dynamic", "static"), default="dynamic")
+    t = sub.add_parser("train")
+    t.add_argument("model")
+    t.add_argument("batch")
+    t.add_argument("out")
+    t.add_argument("--dtype", default="float32")
+    t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--attn", default="default")
+    t.add_argument("--steps", type=int, default=10)
+    t.add_argument("--warmup", type=int, default=3)
+    t.add_argument("--lr", type=float, default=1e-3)
     args = parser.parse_args(argv)
+    if args.command == "train":
+        cmd_train(args)
+        return
     if args.command == "convert":
         convert(Path(args.src), Path(args.dst), args.dtype)
     elif args.command == "logits":

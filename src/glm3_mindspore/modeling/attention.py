@@ -48,9 +48,10 @@ class SelfAttention(nn.Cell):
     ) -> Tensor:
         batch, seq, _ = hidden_states.shape
         mixed = self.query_key_value(hidden_states)
-        query = mixed[..., : self.query_size].reshape(batch, seq, self.num_heads, self.head_dim)
-        key = mixed[..., self.query_size: self.query_size + self.kv_size].reshape(batch, seq, self.num_groups, self.head_dim)
-        value = mixed[..., self.query_size + self.kv_size:].reshape(batch, seq, self.num_groups, self.head_dim)
+        query, key, value = ops.split(mixed, (self.query_size, self.kv_size, self.kv_size), -1)
+        query = query.reshape(batch, seq, self.num_heads, self.head_dim)
+        key = key.reshape(batch, seq, self.num_groups, self.head_dim)
+        value = value.reshape(batch, seq, self.num_groups, self.head_dim)
 
         query = kernels.apply_rotary(query, cos, sin).swapaxes(1, 2)  # [B, H, S, D]
         key = kernels.apply_rotary(key, cos, sin).swapaxes(1, 2)  # [B, G, S, D]

@@ -68,15 +68,15 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """
     batch, seq, heads, dim = x.shape
     half = cos.shape[-1]
-    rot = x[..., : 2 * half].reshape(batch, seq, heads, half, 2)
-    x0 = rot[..., 0]
-    x1 = rot[..., 1]
-    cos = cos.astype(x.dtype)
-    sin = sin.astype(x.dtype)
-    turned = ops.stack((x0 * cos - x1 * sin, x1 * cos + x0 * sin), -1).reshape(batch, seq, heads, 2 * half)
     if 2 * half == dim:
-        return turned
-    return ops.concat((turned, x[..., 2 * half:]), -1)
+        rot, rest = x, None
+    else:
+        rot, rest = ops.split(x, (2 * half, dim - 2 * half), -1)
+    x0, x1 = ops.split(rot.reshape(batch, seq, heads, half, 2), 1, -1)  # [..., half, 1] each
+    cos = cos.astype(x.dtype).expand_dims(-1)
+    sin = sin.astype(x.dtype).expand_dims(-1)
+    turned = ops.concat((x0 * cos - x1 * sin, x1 * cos + x0 * sin), -1).reshape(batch, seq, heads, 2 * half)
+    return turned if rest is None else ops.concat((turned, rest), -1)
 
 
 def attention(query: Tensor, key: Tensor, value: Tensor, bias: Tensor, fused: bool = False) -> Tensor:

@@ -22,8 +22,7 @@ class MLP(nn.Cell):
 
     def construct(self, hidden_states: Tensor) -> Tensor:
         gate_up = self.dense_h_to_4h(hidden_states)
-        gate = gate_up[..., : self.ffn_hidden_size]
-        up = gate_up[..., self.ffn_hidden_size:]
+        gate, up = ops.split(gate_up, self.ffn_hidden_size, -1)
         return self.dense_4h_to_h(ops.silu(gate) * up)
 
 

@@ -18,6 +18,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import Tensor, nn, ops
 
+from ..runtime import device_target
 from .optim import DynamicLossScaler
 
 BATCH_KEYS = ("input_ids", "position_ids", "attention_mask", "labels")
@@ -69,6 +70,7 @@ class TrainStep:
         self._accumulate = jit(self._accumulate_impl)
         self._norm = jit(self._norm_impl)
         self._apply = jit(self._apply_impl)
+        self._norm_on_host = device_target() == "CPU"  # CPU reductions are ~20x slower than a BLAS dot
         self._pending = None
         self._pending_count = 0
 
@@ -109,7 +111,7 @@ class TrainStep:
         if self.grad_reducer is not None:
             grads = ms.mutable(tuple(self.grad_reducer(grads)))
         scale = self.loss_scaler.scale if self.loss_scaler else 1.0
-        norm = float(self._norm(grads).asnumpy()) / (scale * count)
+        norm = (host_global_norm(grads) if self._norm_on_host else float(self._norm(grads).asnumpy())) / (scale * count)
         finite = bool(np.isfinite(norm))
         if self.loss_scaler is not None:
             self.loss_scaler.update(finite)
@@ -120,3 +122,17 @@ class TrainStep:
             clip = min(1.0, self.max_grad_norm / (norm + 1e-6))
         self._apply(grads, Tensor(clip / (scale * count), ms.float32))
         return norm, True
+
+
+def host_global_norm(grads, chunk: int = 1 << 20) -> float:
+    """L2 norm of all gradients from their host memory: float32 dot products of 1M-element
+    chunks (BLAS, multi-threaded), summed in float64 (relative error ~1e-7)."""
+    total = 0.0
+    for grad in grads:
+        flat = grad.asnumpy().reshape(-1)
+        if flat.dtype != np.float32:
+            flat = flat.astype(np.float32)
+        for start in range(0, flat.size, chunk):
+            part = flat[start:start + chunk]
+            total += float(np.dot(part, part))
+    return float(np.sqrt(total))
