@@ -13,13 +13,13 @@ config is: ``AutoConfig.from_pretrained("configs/glm3/predict_glm3_6b.yaml")``.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional, Type
 
 from .configuration import CONFIG_NAME, ChatGLM3Config, ConfigError
+from .fileio import read_json_object
 from .hub import HubOptions, resolve_file
 from .tokenization import TOKENIZER_CONFIG_FILE, ChatGLM3Tokenizer
 
@@ -115,13 +115,7 @@ def _is_yaml(name_or_path) -> bool:
 
 
 def _read_json(path: Path) -> Dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a JSON object")
-    return data
+    return read_json_object(path, ConfigError)
 
 
 def _model_type_of(data: Dict[str, Any], where: str) -> str:

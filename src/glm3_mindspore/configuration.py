@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
-from .fileio import atomic_write_text
+from .fileio import atomic_write_text, read_json_object
 from .hub import HubOptions, resolve_file
 
 CONFIG_NAME = "config.json"
@@ -182,12 +182,7 @@ class ChatGLM3Config:
 
     @classmethod
     def from_json_file(cls, path: Union[str, os.PathLike]) -> "ChatGLM3Config":
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a JSON object, got {type(data).__name__}")
+        data = read_json_object(path, ConfigError)
         try:
             return cls.from_dict(data)
         except ConfigError as exc:

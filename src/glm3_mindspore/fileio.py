@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -42,6 +43,19 @@ def atomic_copy(source: PathLike, target: PathLike) -> None:
         return
     with atomic_path(target) as tmp:
         shutil.copyfile(source, tmp)
+
+
+def read_json_object(path: PathLike, error: type = ValueError) -> dict:
+    """A JSON file that must hold an object; bad JSON or another type raises ``error`` naming the file and line."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise error(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
+    except UnicodeDecodeError:
+        raise error(f"{path}: not a UTF-8 text file") from None
+    if not isinstance(data, dict):
+        raise error(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
 
 
 def _fsync(path: Path) -> None:

@@ -18,7 +18,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from . import conversation
-from .fileio import atomic_copy, atomic_write_text
+from .fileio import atomic_copy, atomic_write_text, read_json_object
 from .hub import HubOptions, resolve_file
 
 VOCAB_FILE = "tokenizer.model"
@@ -450,12 +450,7 @@ def _load_sentencepiece(path: str):
 
 
 def _read_tokenizer_config(path: Path) -> Dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise TokenizerError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    if not isinstance(data, dict):
-        raise TokenizerError(f"{path}: expected a JSON object")
+    data = read_json_object(path, TokenizerError)
     kept = {k: v for k, v in data.items() if k not in ("name_or_path", "tokenizer_class", "vocab_file", "added_tokens_decoder")}
     return kept
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_text, read_json_object
 from ..hub import HubOptions, resolve_file
 
 logger = logging.getLogger(__name__)
@@ -106,10 +106,7 @@ class GenerationConfig:
     def from_pretrained(cls, name_or_path, options: HubOptions = HubOptions()) -> "GenerationConfig":
         path = Path(name_or_path)
         file = path if path.is_file() else resolve_file(name_or_path, GENERATION_CONFIG_NAME, options)
-        try:
-            data = json.loads(Path(file).read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise GenerationConfigError(f"{file}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        data = read_json_object(file, GenerationConfigError)
         try:
             return cls.from_dict(data)
         except GenerationConfigError as exc:

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Union
 
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_text, read_json_object
 from ..hub import HubOptions, resolve_file
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
@@ -145,11 +145,7 @@ class LoraConfig:
 
     @classmethod
     def from_json_file(cls, path: Union[str, os.PathLike]) -> "LoraConfig":
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise AdapterError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(read_json_object(path, AdapterError), source=str(path))
 
     @classmethod
     def from_pretrained(cls, name_or_path: Union[str, os.PathLike], options: HubOptions = HubOptions()) -> "LoraConfig":
