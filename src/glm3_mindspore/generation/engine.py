@@ -53,22 +53,28 @@ class DecodingEngine(nn.Cell):
         self.embed_outside = compiled and model.transformer.embedding.word_embeddings.gather_bits
 
     def step(self, input_ids, position_ids: Tensor, attention_mask: Tensor, cache_position: Tensor,
-             inputs_embeds=None) -> Tensor:
-        """Run ``input_ids`` ``[B, S]`` at cache slots ``cache_position ..``; fp32 logits of the last one."""
+             inputs_embeds=None, fresh_prompt: bool = False) -> Tensor:
+        """Run ``input_ids`` ``[B, S]`` at cache slots ``cache_position ..``; fp32 logits of the last one.
+
+        ``fresh_prompt``: a first prompt, attending to itself (``attention_mask`` ``[B, S]``);
+        otherwise attention reads the whole cache (``attention_mask`` ``[B, L]``).
+        """
         kv_caches = [(self.key_cache[i], self.value_cache[i]) for i in range(self.num_layers)]
         logits = self.model(input_ids, position_ids, attention_mask, None, kv_caches, cache_position, True,
-                            inputs_embeds)[1]  # not "_, logits =": an unused element trips MindSpore's auto-monad pass
+                            inputs_embeds, fresh_prompt)[1]  # not "_, logits =": an unused element trips auto-monad
         return logits[:, -1].astype(ms.float32)
 
-    def run(self, input_ids: np.ndarray, position_ids: np.ndarray, cache_mask: np.ndarray, cache_position: int) -> np.ndarray:
+    def run(self, input_ids: np.ndarray, position_ids: np.ndarray, mask: np.ndarray, cache_position: int,
+            fresh_prompt: bool = False) -> np.ndarray:
         ids = Tensor(input_ids.astype(np.int32))
         embeds = self.model.transformer.embedding(ids) if self.embed_outside else None
         logits = self._step(
             None if self.embed_outside else ids,
             Tensor(position_ids.astype(np.int32)),
-            Tensor(cache_mask.astype(np.int32)),
+            Tensor(mask.astype(np.int32)),
             Tensor(np.int32(cache_position)),
             embeds,
+            fresh_prompt,
         )
         return logits.asnumpy()
 

@@ -218,6 +218,7 @@ class _CachedDecoder:
         self.prompt_positions = np.pad(positions, ((0, 0), (pad, 0)))
         self.start = start
         self.cursor = start + bucket
+        self.fresh = past is None
         self.positions = positions[:, -1].astype(np.int64) + 1 if length else np.zeros(batch, np.int64)
         self.past_tokens = (past.past_tokens if past is not None else 0) + int(mask.sum(axis=1).max())
 
@@ -233,6 +234,9 @@ class _CachedDecoder:
         return engine
 
     def first_logits(self) -> np.ndarray:
+        if self.fresh:  # nothing cached that the prompt reads: it attends to itself
+            prompt_mask = self.mask[:, self.start:self.cursor]
+            return self.engine.run(self.prompt, self.prompt_positions, prompt_mask, self.start, fresh_prompt=True)
         return self.engine.run(self.prompt, self.prompt_positions, self.mask, self.start)
 
     def next_logits(self, tokens: np.ndarray) -> np.ndarray:

@@ -17,7 +17,9 @@ class SelfAttention(nn.Cell):
     The fused projection's rows are ``[H*D query | G*D key | G*D value]``; query
     head ``h`` reads key/value group ``h // (H / G)``. With a static KV cache the
     new keys/values are written in place at ``cache_position`` and attention reads
-    the whole cache (future and padded slots masked out).
+    the whole cache (future and padded slots masked out), or, for a fresh
+    prompt (``attend_cache=False``), only the prompt's own keys (and the prefix),
+    which is cheaper and needs no ``[S, L]`` scores.
     """
 
     def __init__(self, config, layer_number: int, dtype=ms.float32) -> None:
@@ -45,6 +47,7 @@ class SelfAttention(nn.Cell):
         kv_cache: Optional[Tuple[Tensor, Tensor]] = None,
         cache_position: Optional[Tensor] = None,
         prefix_kv: Optional[Tuple[Tensor, Tensor]] = None,
+        attend_cache: bool = True,
     ) -> Tensor:
         batch, seq, _ = hidden_states.shape
         mixed = self.query_key_value(hidden_states)
@@ -58,8 +61,12 @@ class SelfAttention(nn.Cell):
         value = value.swapaxes(1, 2)
 
         if kv_cache is not None:
-            key, value = write_kv_cache(kv_cache, key, value, cache_position)
-        elif prefix_kv is not None:
+            cached_key, cached_value = write_kv_cache(kv_cache, key, value, cache_position)
+            if attend_cache:
+                key, value = cached_key, cached_value
+            else:  # tie the writes to what is used, or graph mode drops them as dead code
+                key, value = ops.depend(key, cached_key), ops.depend(value, cached_value)
+        if (kv_cache is None or not attend_cache) and prefix_kv is not None:
             key = ops.concat((prefix_kv[0].astype(key.dtype), key), 2)
             value = ops.concat((prefix_kv[1].astype(value.dtype), value), 2)
 

@@ -76,7 +76,9 @@ class ChatGLM3Model(ChatGLM3PreTrainedModel):
       prepended to every layer's keys and values, as upstream does.
 
     ``inputs_embeds`` replaces the embedding lookup of ``input_ids`` (Hugging Face's
-    argument of that name).
+    argument of that name). ``fresh_prompt`` (with ``kv_caches``): the cache holds
+    nothing the prompt reads, so its keys go into the cache but attention runs
+    over the prompt itself (and the prefix), with ``attention_mask`` of the prompt.
     """
 
     def __init__(self, config: ChatGLM3Config, dtype=None, compute_dtype=None) -> None:
@@ -99,6 +101,7 @@ class ChatGLM3Model(ChatGLM3PreTrainedModel):
         kv_caches: Optional[KVCaches] = None,
         cache_position: Optional[Tensor] = None,
         inputs_embeds: Optional[Tensor] = None,
+        fresh_prompt: bool = False,
     ) -> Tensor:
         if inputs_embeds is None:
             inputs_embeds = self.embedding(input_ids)
@@ -114,8 +117,9 @@ class ChatGLM3Model(ChatGLM3PreTrainedModel):
             hidden_states = hidden_states.astype(self.compute_dtype)
 
         prefix_kvs = None
-        query_start = cache_position
-        if kv_caches is not None:
+        attend_cache = kv_caches is not None and not fresh_prompt
+        query_start = cache_position if kv_caches is None or attend_cache else ops.zeros((), ms.int32)
+        if attend_cache:
             keys = kv_caches[0][0].shape[2]
         elif self.pre_seq_len is not None:
             prefix_kvs = self.prefix_encoder(batch, self.compute_dtype)
@@ -127,7 +131,7 @@ class ChatGLM3Model(ChatGLM3PreTrainedModel):
         else:
             keys = seq
         bias = kernels.additive_mask(attention_mask, query_start, seq, keys, batch)
-        return self.encoder(hidden_states, cos, sin, bias, kv_caches, cache_position, prefix_kvs)
+        return self.encoder(hidden_states, cos, sin, bias, kv_caches, cache_position, prefix_kvs, attend_cache)
 
 
 class ChatGLM3ForConditionalGeneration(GenerationMixin, ChatMixin, NamedOutputs, ChatGLM3PreTrainedModel):
@@ -150,9 +154,10 @@ class ChatGLM3ForConditionalGeneration(GenerationMixin, ChatMixin, NamedOutputs,
         cache_position: Optional[Tensor] = None,
         return_last_logit: bool = False,
         inputs_embeds: Optional[Tensor] = None,
+        fresh_prompt: bool = False,
     ) -> CausalLMOutput:
         hidden_states = self.transformer(input_ids, position_ids, attention_mask, kv_caches, cache_position,
-                                         inputs_embeds)
+                                         inputs_embeds, fresh_prompt)
         if return_last_logit:
             hidden_states = hidden_states[:, -1:]
         logits = self.transformer.output_layer(hidden_states)

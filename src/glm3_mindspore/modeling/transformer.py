@@ -43,9 +43,11 @@ class GLMBlock(nn.Cell):
         self.mlp = MLP(config, dtype=dtype)
         self.hidden_dropout = nn.Dropout(p=config.hidden_dropout) if config.hidden_dropout > 0 else None
 
-    def construct(self, hidden_states, cos, sin, bias, kv_cache=None, cache_position=None, prefix_kv=None):
+    def construct(self, hidden_states, cos, sin, bias, kv_cache=None, cache_position=None, prefix_kv=None,
+                  attend_cache=True):
         normed = self.input_layernorm(hidden_states)
-        attention_output = self.self_attention(normed, cos, sin, bias, kv_cache, cache_position, prefix_kv)
+        attention_output = self.self_attention(normed, cos, sin, bias, kv_cache, cache_position, prefix_kv,
+                                               attend_cache)
         residual = normed if self.residual_from_norm else hidden_states
         hidden_states = residual + self._dropout(attention_output)
         normed = self.post_attention_layernorm(hidden_states)
@@ -76,11 +78,13 @@ class GLMTransformer(nn.Cell):
         kv_caches: Optional[List[Tuple[Tensor, Tensor]]] = None,
         cache_position: Optional[Tensor] = None,
         prefix_kvs: Optional[List[Tuple[Tensor, Tensor]]] = None,
+        attend_cache: bool = True,
     ) -> Tensor:
         for i in range(self.num_layers):
             kv_cache = None if kv_caches is None else kv_caches[i]
             prefix_kv = None if prefix_kvs is None else prefix_kvs[i]
-            hidden_states = self.layers[i](hidden_states, cos, sin, bias, kv_cache, cache_position, prefix_kv)
+            hidden_states = self.layers[i](hidden_states, cos, sin, bias, kv_cache, cache_position, prefix_kv,
+                                           attend_cache)
         if self.post_layer_norm:
             hidden_states = self.final_layernorm(hidden_states)
         return hidden_states
