@@ -8,7 +8,7 @@ import pytest
 
 from glm3_mindspore.cli import main
 from glm3_mindspore.configuration import ChatGLM3Config
-from glm3_mindspore.parallel import ParallelDeviceError, check_training_layout
+from glm3_mindspore.parallel import ParallelDeviceError, parallel_from_environment
 from glm3_mindspore.parallel.config import read_run_parallel_settings
 from glm3_mindspore.parallel.layout import (COLUMN, REPLICATED, ROW, VOCAB, LayoutError, ParallelConfig, build_layout,
                                             layout_problems, model_parameters, valid_shapes)
@@ -222,13 +222,17 @@ def test_require_parallel_device_names_what_works_here():
     assert "glm3 parallel plan" in str(info.value) and "msrun" in str(info.value)
 
 
-def test_finetune_layout_check_before_the_model_is_built():
+def test_finetune_layout_check_before_the_model_is_built(monkeypatch):
     tiny = ChatGLM3Config.from_pretrained(TINY)
-    assert check_training_layout({"data_parallel": 8}, tiny, 2, True).data_parallel == 8  # dp follows the launch
+    assert parallel_from_environment({"data_parallel": 8}, tiny).world_size == 1  # dp follows the launch
+    monkeypatch.setenv("MS_WORKER_NUM", "4")
+    monkeypatch.setenv("MS_ROLE", "MS_WORKER")  # as msrun starts a worker: the layout is checked before init()
     with pytest.raises(LayoutError, match="the job has 4 devices"):
-        check_training_layout({"data_parallel": 1, "model_parallel": 2}, tiny, 4, True)
+        parallel_from_environment({"data_parallel": 1, "model_parallel": 2}, tiny)
+    monkeypatch.setenv("MS_WORKER_NUM", "2")
     with pytest.raises(ParallelDeviceError, match="needs Ascend or GPU"):
-        check_training_layout({"data_parallel": 1, "model_parallel": 2}, tiny, 2, True)
+        parallel_from_environment({"data_parallel": 1, "model_parallel": 2}, tiny)
+    monkeypatch.delenv("MS_ROLE")
     assert main(["finetune", "--config", str(CONFIGS / "tiny" / "run_glm3_tiny_finetune.yaml"),
                  "--set", "parallel_config.model_parallel=2"]) == 1
 

@@ -1,7 +1,6 @@
 """Trainer: upstream AdamW parity, exact resume after a kill, crash-safe saves, schedules, accumulation, LoRA."""
 
 import json
-import os
 import subprocess
 import sys
 import textwrap

@@ -11,7 +11,7 @@ import copy
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Union
 
 from .fileio import atomic_write_text, read_json_object
 from .hub import HubOptions, resolve_file

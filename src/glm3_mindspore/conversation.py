@@ -19,7 +19,7 @@ from __future__ import annotations
 import ast
 import copy
 import json
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Sequence, Tuple, Union
 
 ROLES = ("system", "user", "assistant", "observation")
 TOOLS_SYSTEM_PROMPT = "Answer the following questions as best as you can. You have access to the following tools:"

@@ -12,11 +12,11 @@ function runs op by op (PyNative) and gives the same tokens.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import List, Optional, Tuple
+from typing import Tuple
 
 import mindspore as ms
 import numpy as np
-from mindspore import Parameter, Tensor, nn, ops
+from mindspore import Parameter, Tensor, nn
 
 from ..parameter_io import write_parameter
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import queue
 import sys
-from typing import Iterable, List, Optional
+from typing import List, Optional
 
 import numpy as np
 

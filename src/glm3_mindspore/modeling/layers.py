@@ -7,7 +7,6 @@ the fly.
 
 from __future__ import annotations
 
-from typing import Optional
 
 import mindspore as ms
 import numpy as np

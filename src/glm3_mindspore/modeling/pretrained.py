@@ -14,7 +14,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 import mindspore as ms
 import numpy as np
-from mindspore import Tensor, nn
+from mindspore import nn
 
 from ..configuration import ChatGLM3Config
 from ..hub import HubOptions
@@ -215,6 +215,20 @@ class ChatGLM3PreTrainedModel(nn.Cell):
     def state_dict(self) -> Dict[str, np.ndarray]:
         return dict(self.named_weights())
 
+    def _given_weights(self, state_dict: Mapping[str, np.ndarray], dtype) -> Iterator[Tuple[str, np.ndarray]]:
+        """``state_dict`` in parameter order, checked name for name and shape for shape against the model."""
+        target = numpy_dtype(resolve_dtype(dtype))
+        expected = {self.checkpoint_name(name): tuple(p.shape) for name, p in self.parameters_and_names()}
+        missing, unexpected = sorted(set(expected) - set(state_dict)), sorted(set(state_dict) - set(expected))
+        if missing or unexpected:
+            raise ValueError(f"state_dict does not match {type(self).__name__}: missing {missing[:3]}, "
+                             f"unexpected {unexpected[:3]}")
+        for name, shape in expected.items():
+            array = np.asarray(state_dict[name])
+            if tuple(array.shape) != shape:
+                raise ValueError(f"state_dict[{name!r}] has shape {tuple(array.shape)}, the model {shape}")
+            yield name, array.astype(target, copy=False)
+
     def num_parameters(self, trainable_only: bool = False) -> int:
         params = self.trainable_params() if trainable_only else self.get_parameters()
         return int(sum(int(np.prod(p.shape)) for p in params))
@@ -226,11 +240,14 @@ class ChatGLM3PreTrainedModel(nn.Cell):
         max_shard_size: Union[int, str] = "5GB",
         safe_serialization: bool = True,
         dtype=None,
+        state_dict: Optional[Mapping[str, np.ndarray]] = None,
     ) -> Path:
         """Write the hub layout (``config.json`` + safetensors shards and index, or ``.bin``).
 
         The folder loads back here and in upstream's PyTorch code (its ``auto_map``
-        points at THUDM's published modelling code).
+        points at THUDM's published modelling code). ``state_dict`` (checkpoint
+        name -> array, every parameter) replaces the parameters' own values, as in
+        Hugging Face: a model-parallel run saves the tensors merged from its slices.
         """
         from .. import checkpoints
 
@@ -238,7 +255,8 @@ class ChatGLM3PreTrainedModel(nn.Cell):
         folder.mkdir(parents=True, exist_ok=True)
         save_dtype = resolve_dtype(dtype, self.param_dtype)
         config = ChatGLM3Config.from_dict({**self.config.to_dict(), **hub_config_fields(save_dtype)})
-        checkpoints.write_weights(folder, self.named_weights(save_dtype), max_shard_size=max_shard_size,
+        weights = self.named_weights(save_dtype) if state_dict is None else self._given_weights(state_dict, save_dtype)
+        checkpoints.write_weights(folder, weights, max_shard_size=max_shard_size,
                                   safe_serialization=safe_serialization)
         config.save_pretrained(folder)
         if self.generation_config is not None:

@@ -50,13 +50,15 @@ def _mean_tensor(all_reduce, world_size, grad):
 class DataParallel:
     """Rank, world size and the collectives of an ``msrun``-launched process group.
 
-    The :class:`~glm3_mindspore.training.Trainer` uses ``rank`` / ``world_size``
-    to take its slice of every global batch, ``grad_reducer`` to average
+    The :class:`~glm3_mindspore.training.Trainer` uses ``data_rank`` /
+    ``data_world_size`` to take its slice of every global batch, ``grad_reducer`` to average
     gradients, ``mean`` for the logged loss, ``any`` so that every rank takes the
     same decision (stop, save, evaluate) when a callback on one rank asks for it,
     ``same`` to check that all ranks resume from the same checkpoint, and
     ``barrier`` around rank 0's writes.
     """
+
+    sliced_parameters = False  # every process holds the whole model
 
     def __init__(self) -> None:
         from mindspore.communication import get_group_size, get_rank, init
@@ -64,6 +66,7 @@ class DataParallel:
         init()  # the scheduler process serves the cluster here and exits when the job ends
         self.rank = get_rank()
         self.world_size = get_group_size()
+        self.data_rank, self.data_world_size = self.rank, self.world_size  # whose share of each batch this reads
         self._all_reduce = ops.AllReduce(ops.ReduceOp.SUM)
         self._hyper_map = ops.HyperMap()
         self._reduce = ms.jit(self._reduce_impl)

@@ -20,9 +20,8 @@ sharding_propagation`` in the seed YAMLs).
   column-parallel base, A row-split for a row-parallel one).
 
 :func:`apply_shard_strategies` writes those strategies onto a built model and
-sets ``pipeline_stage`` on its cells; :func:`build_parallel_network` wraps a
-loss cell for training (``Pipeline`` micro-batches, ``AutoParallel`` with the
-parallel optimizer and the strategy file). Both need Ascend or GPU: MindSpore's
+sets ``pipeline_stage`` on its cells; :class:`~glm3_mindspore.parallel.SemiAutoParallel`
+compiles the train step around it. Both need Ascend or GPU: MindSpore's
 semi-auto parallel compiler does not run on CPU, and calling them there raises
 :class:`ParallelDeviceError` before anything is compiled. Data parallelism
 (``msrun`` + :class:`~glm3_mindspore.parallel.DataParallel`) runs everywhere.
@@ -31,7 +30,7 @@ semi-auto parallel compiler does not run on CPU, and calling them there raises
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from .layout import COLUMN_PARALLEL, ROW_PARALLEL, Layout
 
@@ -211,34 +210,5 @@ def causal_lm_loss_cell(model):
     return CausalLMLoss(model)
 
 
-def build_parallel_network(loss_cell, layout: Layout, strategy_file: str, *, stage_config: Optional[Dict[str, int]] = None,
-                           parallel_mode: str = "sharding_propagation") -> Any:
-    """``AutoParallel`` around ``loss_cell`` (wrapped in ``Pipeline`` micro-batches when ``pipeline_stage > 1``).
-
-    Saves the parameter strategy file for *all* parameters (the seed's
-    ``only_trainable_params: False``, so LoRA runs can be merged), enables the
-    parallel optimizer when ``optimizer_shard`` is set, and uses the
-    data-parallel dataset strategy. Ascend / GPU only.
-    """
-    require_parallel_device()
-    from mindspore.parallel.auto_parallel import AutoParallel
-
-    cfg = layout.config
-    network = loss_cell
-    if cfg.pipeline_stage > 1:
-        from mindspore.parallel.nn import Pipeline
-
-        network = Pipeline(loss_cell, cfg.micro_batch_num, stage_config=stage_config)
-    parallel = AutoParallel(network, parallel_mode=parallel_mode)
-    parallel.save_param_strategy_file(strategy_file)
-    parallel.disable_strategy_file_only_for_trainable_params()
-    parallel.dataset_strategy("data_parallel")
-    if cfg.optimizer_shard:
-        parallel.hsdp(threshold=cfg.optimizer_shard_threshold_kb)
-    if cfg.pipeline_stage > 1:
-        parallel.pipeline(stages=cfg.pipeline_stage)
-    return parallel
-
-
-__all__ = ["OpStrategy", "ParallelDeviceError", "apply_shard_strategies", "build_parallel_network", "causal_lm_loss_cell",
+__all__ = ["OpStrategy", "ParallelDeviceError", "apply_shard_strategies", "causal_lm_loss_cell",
            "norm_strategies", "operator_strategies", "pipeline_stages", "require_parallel_device"]

@@ -25,7 +25,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 import mindspore as ms
 import numpy as np
@@ -233,14 +233,28 @@ def _peft_config(model: nn.Cell) -> LoraConfig:
     return config
 
 
-def lora_state_dict(model: nn.Cell) -> Dict[str, np.ndarray]:
-    """The adapter tensors under PEFT's key names (no adapter name, ``base_model.model.`` prefix)."""
+def lora_state_dict(model: nn.Cell, values: Optional[Mapping[str, np.ndarray]] = None) -> Dict[str, np.ndarray]:
+    """The adapter tensors under PEFT's key names (no adapter name, ``base_model.model.`` prefix).
+
+    ``values`` (checkpoint name -> array) replaces the parameters' own values,
+    e.g. the tensors merged from a model-parallel run's slices.
+    """
     config = _peft_config(model)
-    return {key: param.asnumpy() for key, param in _adapter_parameters(model, config.bias).items()}
+    params = _adapter_parameters(model, config.bias)
+    if values is None:
+        return {key: param.asnumpy() for key, param in params.items()}
+    missing = [key for key in params if key[len(PEFT_PREFIX):] not in values]
+    if missing:
+        raise AdapterError(f"the given values lack {len(missing)} adapter tensors, e.g. {missing[:3]}")
+    return {key: np.asarray(values[key[len(PEFT_PREFIX):]]) for key in params}
 
 
-def save_adapter(model: nn.Cell, directory: Union[str, os.PathLike]) -> Path:
-    """Write ``adapter_config.json`` + ``adapter_model.safetensors`` (PEFT's layout), each atomically."""
+def save_adapter(model: nn.Cell, directory: Union[str, os.PathLike],
+                 state_dict: Optional[Mapping[str, np.ndarray]] = None) -> Path:
+    """Write ``adapter_config.json`` + ``adapter_model.safetensors`` (PEFT's layout), each atomically.
+
+    ``state_dict``: checkpoint name -> array to write instead of the parameters' values.
+    """
     from ..checkpoints.safetensors_io import save_safetensors
 
     config = _peft_config(model)
@@ -248,7 +262,7 @@ def save_adapter(model: nn.Cell, directory: Union[str, os.PathLike]) -> Path:
     if folder.exists() and not folder.is_dir():
         raise NotADirectoryError(f"{folder} exists and is not a directory")
     folder.mkdir(parents=True, exist_ok=True)
-    save_safetensors(folder / ADAPTER_WEIGHTS_NAME, lora_state_dict(model), {"format": "pt"})
+    save_safetensors(folder / ADAPTER_WEIGHTS_NAME, lora_state_dict(model, state_dict), {"format": "pt"})
     dataclasses.replace(config, inference_mode=True).save_pretrained(folder)  # as PEFT writes it
     return folder
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 from mindspore import nn
@@ -55,17 +55,25 @@ def setup_ptuning(model: nn.Cell) -> nn.Cell:
     return model
 
 
-def prefix_state_dict(model: nn.Cell) -> Dict[str, np.ndarray]:
-    """The prefix encoder's tensors under upstream's names (``transformer.prefix_encoder.embedding.weight``...)."""
-    return {key: param.asnumpy() for key, param in named_parameters(model, _in_prefix(model))}
+def prefix_state_dict(model: nn.Cell, values: Optional[Mapping[str, np.ndarray]] = None) -> Dict[str, np.ndarray]:
+    """The prefix encoder's tensors under upstream's names (``transformer.prefix_encoder.embedding.weight``...),
+    from the parameters or from ``values`` (checkpoint name -> array) when given."""
+    params = dict(named_parameters(model, _in_prefix(model)))
+    if values is None:
+        return {key: param.asnumpy() for key, param in params.items()}
+    missing = [key for key in params if key not in values]
+    if missing:
+        raise ValueError(f"the given values lack the prefix encoder tensors {missing}")
+    return {key: np.asarray(values[key]) for key in params}
 
 
-def save_prefix(model: nn.Cell, directory: Union[str, os.PathLike], safe_serialization: bool = True) -> Path:
+def save_prefix(model: nn.Cell, directory: Union[str, os.PathLike], safe_serialization: bool = True,
+                state_dict: Optional[Mapping[str, np.ndarray]] = None) -> Path:
     """Write the prefix weights and the model's ``config.json`` (with ``pre_seq_len``) into ``directory``."""
     from ..checkpoints.safetensors_io import save_safetensors
     from ..checkpoints.torch_pickle import save_torch_file
 
-    tensors = prefix_state_dict(model)
+    tensors = prefix_state_dict(model, state_dict)
     folder = Path(directory)
     if folder.exists() and not folder.is_dir():
         raise NotADirectoryError(f"{folder} exists and is not a directory")

@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 import numpy as np
-from mindspore import Parameter, Tensor, nn
+from mindspore import Parameter, nn
 
-from ..parameter_io import numpy_dtype, write_parameter
+from ..parameter_io import write_parameter
 from .config import AdapterError
 
 _LIST_LIMIT = 6

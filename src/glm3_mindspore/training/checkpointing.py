@@ -6,6 +6,10 @@ position, loss scale, random state, log history). It is assembled in a hidden
 ``.checkpoint-<step>.partial-*`` folder and renamed into place only when
 complete, so a crash or kill during a save leaves the previous checkpoints as
 they were; partial folders are ignored and removed on the next save.
+
+A model-parallel run (every rank holds slices) stages in one folder all ranks
+know (:func:`begin_checkpoint` with ``shared``): each rank adds its
+``rank_<r>/`` slices (model and optimizer state), then rank 0 commits.
 """
 
 from __future__ import annotations
@@ -64,28 +68,49 @@ def save_checkpoint(
     keep_last: Optional[int],
 ) -> Path:
     """Write ``checkpoint-<step>`` atomically, then drop the oldest beyond ``keep_last``."""
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    _remove_partials(output_dir)
-    target = output_dir / f"checkpoint-{step}"
-    staging = Path(tempfile.mkdtemp(prefix=f".checkpoint-{step}.partial-", dir=output_dir))
+    staging = begin_checkpoint(output_dir, step)
     try:
         write_model(staging)
-        if optimizer_state is not None:
-            save_safetensors(staging / OPTIMIZER_FILE, optimizer_state, {"format": "glm3-mindspore-optimizer"})
-        atomic_write_text(staging / STATE_FILE, json.dumps(trainer_state, indent=2, ensure_ascii=False) + "\n")
-        _fsync_dir(staging)
-        if target.exists():  # re-saving a step: move the old one aside first, never delete before replacing
-            old = output_dir / f".checkpoint-{step}.replaced-{os.getpid()}"
-            target.rename(old)
-            staging.rename(target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            staging.rename(target)
-        _fsync_dir(output_dir)
+        return commit_checkpoint(output_dir, staging, step, optimizer_state, trainer_state, keep_last)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def begin_checkpoint(output_dir: Path, step: int, shared: bool = False) -> Path:
+    """A fresh hidden staging folder for ``checkpoint-<step>``; ``shared``: a name every rank can compute."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    _remove_partials(output_dir)
+    if shared:
+        staging = shared_staging(output_dir, step)
+        staging.mkdir()
+        return staging
+    return Path(tempfile.mkdtemp(prefix=f".checkpoint-{step}.partial-", dir=output_dir))
+
+
+def shared_staging(output_dir: Path, step: int) -> Path:
+    return Path(output_dir) / f".checkpoint-{step}.partial-shared"
+
+
+def commit_checkpoint(output_dir: Path, staging: Path, step: int, optimizer_state: Optional[Dict[str, np.ndarray]],
+                      trainer_state: Dict[str, Any], keep_last: Optional[int]) -> Path:
+    """Add the optimizer and trainer state to ``staging`` and rename it into place (old checkpoints untouched
+    until then); then drop the oldest beyond ``keep_last``."""
+    output_dir = Path(output_dir)
+    target = output_dir / f"checkpoint-{step}"
+    if optimizer_state is not None:
+        save_safetensors(staging / OPTIMIZER_FILE, optimizer_state, {"format": "glm3-mindspore-optimizer"})
+    atomic_write_text(staging / STATE_FILE, json.dumps(trainer_state, indent=2, ensure_ascii=False) + "\n")
+    _fsync_dir(staging)
+    if target.exists():  # re-saving a step: move the old one aside first, never delete before replacing
+        old = output_dir / f".checkpoint-{step}.replaced-{os.getpid()}"
+        target.rename(old)
+        staging.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        staging.rename(target)
+    _fsync_dir(output_dir)
     if keep_last:
         for old in checkpoint_dirs(output_dir)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)

@@ -15,8 +15,7 @@ import logging
 import time
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import numpy as np
 

@@ -18,11 +18,10 @@ they are checked the same way.
 
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence
 
 from ..configuration import ConfigError
 from ..run_config import YamlDocument, model_config_from_yaml_values, resolve_checkpoint_name

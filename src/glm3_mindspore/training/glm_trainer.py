@@ -49,6 +49,8 @@ class ChatGLM3Trainer(Trainer):
 
     # ---------------------------------------------------------------- metrics
     def evaluate(self, eval_dataset=None) -> Dict[str, float]:
+        if self.parallel.sliced_parameters:
+            return self._evaluation_after_merge()
         metrics: Dict[str, float] = {}
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         if dataset is not None:
@@ -99,16 +101,16 @@ class ChatGLM3Trainer(Trainer):
         return predictions, [str(r.get("reference", "")) for r in rows]
 
     # ------------------------------------------------------------ checkpoints
-    def write_model(self, folder: Path) -> None:
+    def write_model(self, folder: Path, state_dict: Optional[Dict[str, np.ndarray]] = None) -> None:
         """LoRA: the adapter (PEFT layout); P-Tuning: the prefix encoder; else the whole model."""
         from ..peft import save_adapter, save_prefix
 
         if self.method == "lora":
-            save_adapter(self.model, folder)
+            save_adapter(self.model, folder, state_dict=state_dict)
         elif self.method == "ptuning":
-            save_prefix(self.model, folder)
+            save_prefix(self.model, folder, state_dict=state_dict)
         else:
-            self.model.save_pretrained(folder)
+            self.model.save_pretrained(folder, state_dict=state_dict)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(folder)
 

@@ -12,9 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Dict, List, Sequence
 
-import mindspore as ms
 import numpy as np
-from mindspore import Parameter, Tensor
 from mindspore.experimental.optim import AdamW
 
 from ..parameter_io import write_parameter

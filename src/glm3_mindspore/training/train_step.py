@@ -8,11 +8,17 @@ the scale lowered) without a data-dependent branch inside a graph.
   micro-batches of an accumulation window are summed;
 * ``apply(grads, multiplier)`` multiplies the gradients by ``multiplier`` (unscale,
   average over micro-batches, clip) and runs the optimiser.
+
+:class:`FusedTrainStep` is the other form: gradients, clipping and the update in
+one graph, which is what MindSpore's SEMI_AUTO_PARALLEL compiles (``AutoParallel``
+must wrap the whole step to insert the collectives of the shard strategies and
+the pipeline schedule). :class:`FusedTrainDriver` gives it the host interface
+of :class:`TrainStep`.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import mindspore as ms
 import numpy as np
@@ -136,3 +142,80 @@ def host_global_norm(grads, chunk: int = 1 << 20) -> float:
             part = flat[start:start + chunk]
             total += float(np.dot(part, part))
     return float(np.sqrt(total))
+
+
+class FusedTrainStep(nn.Cell):
+    """``(input_ids, position_ids, attention_mask, labels) -> (loss, grad norm)``, updating the weights.
+
+    ``network`` maps the batch to the loss (the causal LM's loss cell, or its
+    ``Pipeline`` of micro-batches); ``grad_reducer`` is applied to the gradients
+    before the norm (``PipelineGradReducer`` under pipeline parallelism). The
+    norm is taken over the logical, full gradients: under SEMI_AUTO_PARALLEL the
+    compiler adds the reductions over sharded ones. Clipping scales by
+    ``min(1, max_grad_norm / (norm + 1e-6))`` as :class:`TrainStep` does.
+    """
+
+    def __init__(self, network: nn.Cell, optimizer, max_grad_norm: Optional[float] = None,
+                 grad_reducer: Optional[nn.Cell] = None) -> None:
+        super().__init__(auto_prefix=False)
+        self.network = network
+        self.optimizer = optimizer
+        self.grad_reducer = grad_reducer
+        self.clip = max_grad_norm is not None
+        self.max_grad_norm = float(max_grad_norm) if max_grad_norm is not None else 1.0
+        self.hyper_map = ops.HyperMap()
+        self.value_and_grad = ms.value_and_grad(network, None, optimizer.parameters)
+
+    def construct(self, input_ids, position_ids, attention_mask, labels):
+        loss, grads = self.value_and_grad(input_ids, position_ids, attention_mask, labels)
+        if self.grad_reducer is not None:
+            grads = self.grad_reducer(grads)
+        squares = [ops.sum(g.astype(ms.float32) * g.astype(ms.float32)) for g in grads]
+        norm = ops.sqrt(ops.stack(squares).sum())
+        if self.clip:
+            multiplier = ops.minimum(self.max_grad_norm / (norm + 1e-6), 1.0)
+            grads = self.hyper_map(ops.partial(_scale, multiplier), grads)
+        self.optimizer(grads)
+        return loss, norm
+
+
+class FusedTrainDriver:
+    """The :class:`TrainStep` interface over a compiled :class:`FusedTrainStep`.
+
+    ``compiled`` is what runs the step: ``AutoParallel(step)`` on a cluster, or
+    ``mindspore.jit(step.construct)`` in one process. One micro-batch per
+    update (pipeline micro-batches live inside the graph), no loss scaling.
+    """
+
+    def __init__(self, step: FusedTrainStep, compiled: Callable) -> None:
+        self.cell = step
+        self.optimizer = step.optimizer
+        self._compiled = compiled
+        self._norm: Optional[float] = None
+        self._after_compile: List[Callable[[], None]] = []
+
+    def after_compile(self, action: Callable[[], None]) -> None:
+        """Run ``action`` once the step is compiled, before its first update (under SEMI_AUTO_PARALLEL the
+        parameters take their sliced shapes at compile time, so slices are loaded then)."""
+        self._after_compile.append(action)
+
+    def forward_backward(self, batch: Dict[str, np.ndarray]) -> float:
+        """Runs the whole step (the learning rate must be set before); returns the loss."""
+        if self._norm is not None:
+            raise RuntimeError("a fused train step updates on every batch: call step() after each forward_backward()")
+        inputs = [Tensor(batch[k].astype(np.int32)) for k in BATCH_KEYS]
+        if self._after_compile:
+            compile_only = getattr(self._compiled, "compile", None)
+            if compile_only is not None:
+                compile_only(*inputs)
+            while self._after_compile:
+                self._after_compile.pop(0)()
+        loss, norm = self._compiled(*inputs)
+        self._norm = float(norm.asnumpy())
+        return float(loss.asnumpy())
+
+    def step(self) -> Tuple[float, bool]:
+        if self._norm is None:
+            raise RuntimeError("step() called before forward_backward()")
+        norm, self._norm = self._norm, None
+        return norm, True

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,8 @@ from ..data.collator import DataCollator, LengthBucketSampler
 from .arguments import TrainingArguments
 from .callbacks import (CallbackList, JsonlLogger, ProgressCallback, TensorBoardLogger, TrainerCallback,
                         TrainerControl, TrainerState)
-from .checkpointing import load_optimizer_file, load_trainer_state, resolve_checkpoint, save_checkpoint
+from .checkpointing import (begin_checkpoint, commit_checkpoint, load_optimizer_file, load_trainer_state,
+                            resolve_checkpoint, save_checkpoint, shared_staging)
 from .optim import (DynamicLossScaler, build_optimizer, learning_rate_at, load_optimizer_state, optimizer_state,
                     set_learning_rate)
 from .train_step import BATCH_KEYS, TrainStep
@@ -56,7 +58,10 @@ class SingleProcess:
 
     rank = 0
     world_size = 1
+    data_rank = 0
+    data_world_size = 1
     grad_reducer = None
+    sliced_parameters = False
 
     @property
     def is_main(self) -> bool:
@@ -136,6 +141,9 @@ class Trainer:
         if self.args.gradient_checkpointing:
             for block in getattr(getattr(getattr(self.model, "transformer", None), "encoder", None), "layers", []):
                 block.recompute()
+        prepare = getattr(self.parallel, "prepare_model", None)
+        if prepare is not None:  # model parallelism: shard strategies and pipeline stages
+            prepare(self.model)
 
     def trainable_parameters(self) -> List:
         return [(name, p) for name, p in self.model.parameters_and_names() if p.requires_grad]
@@ -147,8 +155,12 @@ class Trainer:
             self.loss_scaler = DynamicLossScaler(self.args.loss_scale, self.args.loss_scale_factor,
                                                  self.args.loss_scale_window)
         if self.train_step is None:
-            self.train_step = TrainStep(self.model, self.optimizer, self.args.compile, self.parallel.grad_reducer,
-                                        self.args.max_grad_norm, self.loss_scaler)
+            build = getattr(self.parallel, "build_train_step", None)
+            if build is not None:  # model parallelism: the step is one graph the parallel compiler shards
+                self.train_step = build(self.model, self.optimizer, self.args, self._strategy_dir())
+            else:
+                self.train_step = TrainStep(self.model, self.optimizer, self.args.compile, self.parallel.grad_reducer,
+                                            self.args.max_grad_norm, self.loss_scaler)
 
     # ------------------------------------------------------------------- data
     def _batches(self, dataset, batch_size: int, epoch: int, shuffle: bool) -> List[List[int]]:
@@ -167,7 +179,7 @@ class Trainer:
 
     def _local(self, indices: List[int], per_device: int) -> List[int]:
         """This process's share of a global batch (wrapping around when the batch is short)."""
-        world, rank = self.parallel.world_size, self.parallel.rank
+        world, rank = self.parallel.data_world_size, self.parallel.data_rank
         if world == 1:
             return indices
         share = indices[rank * per_device:(rank + 1) * per_device]
@@ -187,7 +199,7 @@ class Trainer:
         return batch
 
     def steps_per_epoch(self) -> int:
-        global_batch = self.args.per_device_train_batch_size * self.parallel.world_size
+        global_batch = self.args.per_device_train_batch_size * self.parallel.data_world_size
         batches = len(self._batches(self.train_dataset, global_batch, 0, shuffle=False))
         return max(1, math.ceil(batches / self.args.gradient_accumulation_steps))
 
@@ -212,7 +224,7 @@ class Trainer:
         self.parallel.same(self.state.global_step, "the step to start or resume training from")
         self.model.set_train(True)
         self.callbacks.fire("on_train_begin", args, self.state, self.control)
-        global_batch = args.per_device_train_batch_size * self.parallel.world_size
+        global_batch = args.per_device_train_batch_size * self.parallel.data_world_size
         losses: List[float] = []
         running: List[float] = []
         started = time.perf_counter()
@@ -222,8 +234,9 @@ class Trainer:
             while self.state.batch_in_epoch < len(batches):
                 indices = self._local(batches[self.state.batch_in_epoch], args.per_device_train_batch_size)
                 batch = self._collate(self.train_dataset, indices)
+                set_learning_rate(self.optimizer, learning_rate_at(self.state.global_step, total, args))
                 running.append(self.train_step.forward_backward(batch))
-                self.state.num_train_tokens += int(batch["attention_mask"].sum()) * self.parallel.world_size
+                self.state.num_train_tokens += int(batch["attention_mask"].sum()) * self.parallel.data_world_size
                 self.state.batch_in_epoch += 1
                 micro += 1
                 end_of_epoch = self.state.batch_in_epoch == len(batches)
@@ -247,8 +260,7 @@ class Trainer:
         return TrainOutput(self.state.global_step, metrics["train_loss"], metrics)
 
     def _optimizer_step(self, micro_losses: List[float], total: int) -> float:
-        lr = learning_rate_at(self.state.global_step, total, self.args)
-        set_learning_rate(self.optimizer, lr)
+        lr = learning_rate_at(self.state.global_step, total, self.args)  # set before the window's first batch
         norm, applied = self.train_step.step()
         loss = self.parallel.mean(float(np.mean(micro_losses)))
         self.state.global_step += 1
@@ -271,7 +283,7 @@ class Trainer:
         return loss
 
     def _epoch_length(self) -> int:
-        global_batch = self.args.per_device_train_batch_size * self.parallel.world_size
+        global_batch = self.args.per_device_train_batch_size * self.parallel.data_world_size
         return math.ceil(len(self.train_dataset) / global_batch)
 
     def _maybe_save_or_evaluate(self, epoch_end: bool) -> None:
@@ -296,6 +308,8 @@ class Trainer:
     # --------------------------------------------------------------- evaluate
     def evaluate(self, eval_dataset=None) -> Dict[str, float]:
         """Token-weighted mean loss over ``eval_dataset`` (shifted labels, as the model computes it)."""
+        if self.parallel.sliced_parameters:
+            return self._evaluation_after_merge()
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         if dataset is None:
             raise ValueError("evaluate() needs an eval_dataset")
@@ -303,6 +317,13 @@ class Trainer:
         self.log(metrics)
         self.callbacks.fire("on_evaluate", self.args, self.state, self.control, metrics=metrics)
         return metrics
+
+    def _evaluation_after_merge(self) -> Dict[str, float]:
+        """Model parallelism: the slices a rank holds cannot run the model alone, so evaluation is left to the
+        merged model (``glm3 evaluate --model <output_dir>``)."""
+        logger.warning("evaluation skipped: under model/pipeline parallelism it runs on the merged model "
+                       "(glm3 evaluate --config RUN.yaml --model %s)", self.args.output_dir)
+        return {}
 
     def predict(self, test_dataset) -> PredictionOutput:
         """Greedy next-token ids at every labelled position of each row, with ``test_loss``."""
@@ -344,17 +365,34 @@ class Trainer:
 
     # ------------------------------------------------------------ checkpoints
     def save_model(self, output_dir: Optional[str] = None) -> Path:
-        """The trained model in its usable form (hub layout by default); main process only."""
+        """The trained model in its usable form (hub layout by default), written by the main process.
+
+        Under model parallelism every rank first saves its slices to
+        ``<output_dir>/distributed/rank_<r>/``; rank 0 merges them with the
+        strategy files and writes the same usable form.
+        """
         folder = Path(output_dir or self.args.output_dir)
+        state_dict = None
+        if self.parallel.sliced_parameters:
+            self.parallel.save_slices(self.model, folder / "distributed")
+            self.parallel.barrier()
+            if self.parallel.is_main:
+                names = [param.name for param in self.model.get_parameters()]
+                state_dict = self.parallel.merge_slices(folder / "distributed", self._strategy_dir(), names)
         if self.parallel.is_main:
-            self.write_model(folder)
+            self.write_model(folder, state_dict)
         self.parallel.barrier()
         return folder
 
-    def write_model(self, folder: Path) -> None:
-        self.model.save_pretrained(folder)
+    def write_model(self, folder: Path, state_dict: Optional[Dict[str, np.ndarray]] = None) -> None:
+        """The model's files in ``folder``; ``state_dict`` (checkpoint name -> array) replaces its values."""
+        self.model.save_pretrained(folder, state_dict=state_dict)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(folder)
+
+    def _strategy_dir(self) -> Path:
+        """Where a model-parallel run's parameter strategy files go (one per rank)."""
+        return Path(self.args.output_dir) / "strategy"
 
     def read_model(self, checkpoint: Path) -> None:
         """Weights back from a checkpoint written by :meth:`write_model`."""
@@ -363,13 +401,15 @@ class Trainer:
         self.model.load_weights(iter_tensors(resolve_weight_files(checkpoint)), strict=True)
 
     def save_checkpoint(self) -> Optional[Path]:
+        state = {
+            "trainer": self.state.to_dict(),
+            "loss_scaler": self.loss_scaler.state() if self.loss_scaler else None,
+            "args": self.args.to_dict(),
+            "world_size": self.parallel.world_size,
+        }
+        if self.parallel.sliced_parameters:
+            return self._save_sliced_checkpoint(state)
         if self.parallel.is_main:
-            state = {
-                "trainer": self.state.to_dict(),
-                "loss_scaler": self.loss_scaler.state() if self.loss_scaler else None,
-                "args": self.args.to_dict(),
-                "world_size": self.parallel.world_size,
-            }
             optimizer = optimizer_state(self.optimizer) if self.args.save_optimizer_state and self.optimizer else None
             path = save_checkpoint(Path(self.args.output_dir), self.state.global_step, self.write_model, optimizer,
                                    state, self.args.save_total_limit)
@@ -377,6 +417,23 @@ class Trainer:
         self.parallel.barrier()
         self._last_saved = self.state.global_step
         return Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+
+    def _save_sliced_checkpoint(self, state: Dict[str, Any]) -> Path:
+        """Every rank's slices of the model and optimizer state in one staging folder, committed by rank 0."""
+        output, step = Path(self.args.output_dir), self.state.global_step
+        if self.parallel.is_main:
+            begin_checkpoint(output, step, shared=True)
+        self.parallel.barrier()
+        staging = shared_staging(output, step)
+        self.parallel.save_slices(self.train_step.cell, staging)
+        self.parallel.barrier()
+        if self.parallel.is_main:
+            shutil.copytree(self._strategy_dir(), staging / "strategy")
+            path = commit_checkpoint(output, staging, step, None, state, self.args.save_total_limit)
+            self.callbacks.fire("on_save", self.args, self.state, self.control, checkpoint=path)
+        self.parallel.barrier()
+        self._last_saved = step
+        return output / f"checkpoint-{step}"
 
     def _saved_at(self, step: int) -> bool:
         return self._last_saved == step
@@ -386,10 +443,13 @@ class Trainer:
         if saved.get("world_size", 1) != self.parallel.world_size:
             logger.warning("%s was written by %s processes, resuming with %s: the data order changes",
                            checkpoint, saved.get("world_size"), self.parallel.world_size)
-        self.read_model(checkpoint)
-        optimizer = load_optimizer_file(checkpoint)
-        if optimizer is not None:
-            load_optimizer_state(self.optimizer, optimizer, str(checkpoint))
+        if self.parallel.sliced_parameters:  # slices fit the parameters only once the step is compiled
+            self.train_step.after_compile(lambda: self.parallel.load_slices(self.train_step.cell, checkpoint))
+        else:
+            self.read_model(checkpoint)
+            optimizer = load_optimizer_file(checkpoint)
+            if optimizer is not None:
+                load_optimizer_state(self.optimizer, optimizer, str(checkpoint))
         self.state = TrainerState.from_dict({**saved["trainer"], "is_world_process_zero": self.parallel.is_main})
         if saved.get("loss_scaler") and self.loss_scaler is not None:
             self.loss_scaler.load(saved["loss_scaler"])
