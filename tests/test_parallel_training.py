@@ -23,6 +23,7 @@ from glm3_mindspore.parallel.layout import LayoutError, ParallelConfig, build_la
 from glm3_mindspore.parallel.semi_auto import data_coordinates
 from glm3_mindspore.parallel.strategy import apply_shard_strategies, causal_lm_loss_cell
 from glm3_mindspore.training import Trainer, checkpoint_dirs
+from glm3_mindspore.training.trainer import SingleProcess
 from glm3_mindspore.training.train_step import FusedTrainDriver, FusedTrainStep
 from conftest import TINY
 from test_trainer import fixture_rows, losses, upstream_args
@@ -31,15 +32,17 @@ SCHEDULE = dict(learning_rate=3e-3, lr_scheduler_type="linear", warmup_steps=1, 
                 per_device_train_batch_size=2)
 
 
-class OneDeviceSemiAuto(SemiAutoParallel):
-    """:class:`SemiAutoParallel` on a process group of one, with ``jit`` where a cluster has ``AutoParallel``."""
+class OneDeviceSemiAuto(SingleProcess, SemiAutoParallel):
+    """:class:`SemiAutoParallel` on a process group of one (so :class:`SingleProcess`'s collectives), with
+    ``jit`` where a cluster has ``AutoParallel``."""
+
+    sliced_parameters = True
 
     def __init__(self, model_config) -> None:  # no process group: nothing to initialise
-        self.rank, self.world_size = 0, 1
         self.layout = build_layout(model_config, ParallelConfig(), 1)
         self.stage, self.is_last_stage = 0, True
         self.data_rank, self.data_world_size = data_coordinates(self.layout, 0)
-        self.grad_reducer, self.network = None, None
+        self.network = None
 
     def prepare_model(self, model) -> None:
         apply_shard_strategies(model, self.layout, check_device=False)
@@ -48,18 +51,6 @@ class OneDeviceSemiAuto(SemiAutoParallel):
         step = FusedTrainStep(causal_lm_loss_cell(model), optimizer, args.max_grad_norm)
         write_strategy_files(self.layout, strategy_dir, names="hub")  # what AutoParallel writes when it compiles
         return FusedTrainDriver(step, ms.jit(step.construct))
-
-    def mean(self, value: float) -> float:
-        return value
-
-    def any(self, *flags: bool) -> tuple:
-        return tuple(bool(f) for f in flags)
-
-    def same(self, value: int, what: str) -> int:
-        return value
-
-    def barrier(self) -> None:
-        pass
 
 
 def tiny_model():

@@ -17,7 +17,8 @@ def run(args) -> int:
     from ..training.finetune_config import load_finetune_config
 
     config = load_finetune_config(args.config, args.overrides)
-    result = run_finetune(config, parallel=parallel_from_environment(config.parallel_config, config.model_config))
+    parallel = parallel_from_environment(config.parallel_config, config.model_config, config.peft)
+    result = run_finetune(config, parallel=parallel)
     if result.trainer.parallel.is_main:
         for name, value in result.metrics.items():
             print(f"{name}: {value:.4f}")

@@ -23,7 +23,6 @@ backend: CPU for semi_auto_parallel/auto_parallel mode"), so building this raise
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Dict
 
@@ -33,10 +32,6 @@ from mindspore import Tensor
 from .data_parallel import DataParallel
 from .layout import Layout, ParallelConfig, build_layout
 from .strategy import apply_shard_strategies, causal_lm_loss_cell, require_parallel_device
-
-logger = logging.getLogger(__name__)
-
-STRATEGY_DIR = "strategy"
 
 
 def data_coordinates(layout: Layout, rank: int) -> tuple:
@@ -138,4 +133,4 @@ class SemiAutoParallel(DataParallel):
                 if name in wanted}
 
 
-__all__ = ["STRATEGY_DIR", "SemiAutoParallel", "data_coordinates"]
+__all__ = ["SemiAutoParallel", "data_coordinates"]
