@@ -50,7 +50,10 @@ class SemiAutoParallel(DataParallel):
     sliced_parameters = True
 
     def __init__(self, config: ParallelConfig, model_config, peft=None) -> None:
+        import mindspore as ms
+
         require_parallel_device(f"parallel_config {config.describe()}")
+        ms.set_context(mode=ms.GRAPH_MODE)  # AutoParallel applies its settings only to graph-mode cells
         super().__init__()
         self.layout = build_layout(model_config, config, self.world_size, peft=peft)
         self.stage = self.layout.stage_of_rank(self.rank)

@@ -144,6 +144,22 @@ def host_global_norm(grads, chunk: int = 1 << 20) -> float:
     return float(np.sqrt(total))
 
 
+_square_sum = ops.MultitypeFuncGraph("square_sum")
+
+
+@_square_sum.register("Tensor")
+def _square_sum_tensor(grad):
+    grad = grad.astype(ms.float32)
+    return ops.sum(grad * grad)
+
+
+class _Unreduced(nn.Cell):
+    """The gradients as they are (no pipeline accumulation)."""
+
+    def construct(self, grads):
+        return grads
+
+
 class FusedTrainStep(nn.Cell):
     """``(input_ids, position_ids, attention_mask, labels) -> (loss, grad norm)``, updating the weights.
 
@@ -160,7 +176,7 @@ class FusedTrainStep(nn.Cell):
         super().__init__(auto_prefix=False)
         self.network = network
         self.optimizer = optimizer
-        self.grad_reducer = grad_reducer
+        self.grad_reducer = grad_reducer if grad_reducer is not None else _Unreduced()
         self.clip = max_grad_norm is not None
         self.max_grad_norm = float(max_grad_norm) if max_grad_norm is not None else 1.0
         self.hyper_map = ops.HyperMap()
@@ -168,10 +184,8 @@ class FusedTrainStep(nn.Cell):
 
     def construct(self, input_ids, position_ids, attention_mask, labels):
         loss, grads = self.value_and_grad(input_ids, position_ids, attention_mask, labels)
-        if self.grad_reducer is not None:
-            grads = self.grad_reducer(grads)
-        squares = [ops.sum(g.astype(ms.float32) * g.astype(ms.float32)) for g in grads]
-        norm = ops.sqrt(ops.stack(squares).sum())
+        grads = self.grad_reducer(grads)
+        norm = ops.sqrt(ops.addn(self.hyper_map(_square_sum, grads)))
         if self.clip:
             multiplier = ops.minimum(self.max_grad_norm / (norm + 1e-6), 1.0)
             grads = self.hyper_map(ops.partial(_scale, multiplier), grads)
