@@ -47,10 +47,10 @@ class OneDeviceSemiAuto(SingleProcess, SemiAutoParallel):
     def prepare_model(self, model) -> None:
         apply_shard_strategies(model, self.layout, check_device=False)
 
-    def build_train_step(self, model, optimizer, args, strategy_dir):
+    def build_train_step(self, model, optimizer, args, strategy_dir, loss_scaler=None):
         step = FusedTrainStep(causal_lm_loss_cell(model), optimizer, args.max_grad_norm)
         write_strategy_files(self.layout, strategy_dir, names="hub")  # what AutoParallel writes when it compiles
-        return FusedTrainDriver(step, ms.jit(step.construct))
+        return FusedTrainDriver(step, ms.jit(step.construct), loss_scaler)
 
 
 def tiny_model():
@@ -78,6 +78,23 @@ def test_fused_step_is_the_same_optimisation_as_the_split_step(tmp_path, expecte
     # whose gradients are near zero: <= 6e-6 after 4 steps of lr 3e-3
     for name, value in weights(fused.model).items():
         np.testing.assert_allclose(value, expected[name], atol=2e-5, err_msg=name)
+
+
+def test_fused_step_scales_fp16_losses_and_skips_overflows_like_the_split_step(tmp_path, expected_train):
+    rows = fixture_rows(expected_train)
+    # a first scale of 2**24 overflows fp16 gradients: both halve it and skip, then train with the same scale
+    fp16 = dict(SCHEDULE, fp16=True, loss_scale=2.0 ** 24, max_steps=3)
+    split = Trainer(tiny_model(), upstream_args(tmp_path / "split", **fp16), train_dataset=rows)
+    split.train()
+    model = tiny_model()
+    fused = Trainer(model, upstream_args(tmp_path / "fused", **fp16), train_dataset=rows,
+                    parallel=OneDeviceSemiAuto(model.config))
+    fused.train()
+    assert fused.loss_scaler.scale == split.loss_scaler.scale < 2.0 ** 24  # at least one overflow skipped
+    np.testing.assert_allclose(losses(fused), losses(split), atol=1e-3)  # fp16 compute
+    expected = weights(split.model)
+    for name, value in weights(fused.model).items():
+        np.testing.assert_allclose(value, expected[name], atol=1e-4, err_msg=name)
 
 
 def test_sliced_checkpoints_resume_exactly_and_merge_into_a_loadable_model(tmp_path, expected_train):

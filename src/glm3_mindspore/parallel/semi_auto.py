@@ -67,7 +67,7 @@ class SemiAutoParallel(DataParallel):
         """Shard strategies on the model's operators, pipeline stages on its cells."""
         apply_shard_strategies(model, self.layout)
 
-    def build_train_step(self, model, optimizer, args, strategy_dir: Path):
+    def build_train_step(self, model, optimizer, args, strategy_dir: Path, loss_scaler=None):
         """``AutoParallel`` around the fused step; the strategy file goes to ``strategy_dir``."""
         from mindspore.parallel.auto_parallel import AutoParallel
 
@@ -76,9 +76,6 @@ class SemiAutoParallel(DataParallel):
         if args.gradient_accumulation_steps != 1:
             raise ValueError("gradient_accumulation_steps must be 1 with model or pipeline parallelism: "
                              "set parallel_config.micro_batch_num (pipeline micro-batches) instead")
-        if args.fp16:
-            raise ValueError("fp16 with dynamic loss scaling runs data parallel only; train model/pipeline parallel "
-                             "layouts in bf16 (compute_dtype: bfloat16) or fp32")
         cfg = self.layout.config
         network, reducer = causal_lm_loss_cell(model), None
         if cfg.pipeline_stage > 1:
@@ -97,7 +94,7 @@ class SemiAutoParallel(DataParallel):
         if cfg.pipeline_stage > 1:
             parallel.pipeline(stages=cfg.pipeline_stage)
         self.network = parallel
-        return FusedTrainDriver(step, parallel)
+        return FusedTrainDriver(step, parallel, loss_scaler)
 
     # ------------------------------------------------------------ collectives
     def mean(self, value: float) -> float:

@@ -161,14 +161,18 @@ class _Unreduced(nn.Cell):
 
 
 class FusedTrainStep(nn.Cell):
-    """``(input_ids, position_ids, attention_mask, labels) -> (loss, grad norm)``, updating the weights.
+    """``(input_ids, position_ids, attention_mask, labels, loss_scale) -> (loss, grad norm)``, updating the weights.
 
     ``network`` maps the batch to the loss (the causal LM's loss cell, or its
-    ``Pipeline`` of micro-batches); ``grad_reducer`` is applied to the gradients
+    ``Pipeline`` of micro-batches); the backward pass starts from ``loss_scale``
+    (1 in fp32/bf16, the dynamic fp16 scale otherwise), as MindSpore's
+    loss-scaling train cells do. ``grad_reducer`` is applied to the gradients
     before the norm (``PipelineGradReducer`` under pipeline parallelism). The
-    norm is taken over the logical, full gradients: under SEMI_AUTO_PARALLEL the
-    compiler adds the reductions over sharded ones. Clipping scales by
-    ``min(1, max_grad_norm / (norm + 1e-6))`` as :class:`TrainStep` does.
+    norm is taken over the logical, full gradients, unscaled: under
+    SEMI_AUTO_PARALLEL the compiler adds the reductions over sharded ones. The
+    update is skipped when the norm is not finite (an fp16 overflow); else the
+    gradients are unscaled and clipped by ``min(1, max_grad_norm / (norm + 1e-6))``
+    as :class:`TrainStep` does.
     """
 
     def __init__(self, network: nn.Cell, optimizer, max_grad_norm: Optional[float] = None,
@@ -176,20 +180,24 @@ class FusedTrainStep(nn.Cell):
         super().__init__(auto_prefix=False)
         self.network = network
         self.optimizer = optimizer
+        self.weights = ms.ParameterTuple(optimizer.parameters)
         self.grad_reducer = grad_reducer if grad_reducer is not None else _Unreduced()
         self.clip = max_grad_norm is not None
         self.max_grad_norm = float(max_grad_norm) if max_grad_norm is not None else 1.0
         self.hyper_map = ops.HyperMap()
-        self.value_and_grad = ms.value_and_grad(network, None, optimizer.parameters)
+        self.grad = ops.GradOperation(get_by_list=True, sens_param=True)
 
-    def construct(self, input_ids, position_ids, attention_mask, labels):
-        loss, grads = self.value_and_grad(input_ids, position_ids, attention_mask, labels)
+    def construct(self, input_ids, position_ids, attention_mask, labels, loss_scale):
+        loss = self.network(input_ids, position_ids, attention_mask, labels)
+        sens = ops.fill(loss.dtype, loss.shape, loss_scale)
+        grads = self.grad(self.network, self.weights)(input_ids, position_ids, attention_mask, labels, sens)
         grads = self.grad_reducer(grads)
-        norm = ops.sqrt(ops.addn(self.hyper_map(_square_sum, grads)))
+        norm = ops.sqrt(ops.addn(self.hyper_map(_square_sum, grads))) / loss_scale
+        multiplier = 1.0 / loss_scale
         if self.clip:
-            multiplier = ops.minimum(self.max_grad_norm / (norm + 1e-6), 1.0)
-            grads = self.hyper_map(ops.partial(_scale, multiplier), grads)
-        self.optimizer(grads)
+            multiplier = ops.minimum(self.max_grad_norm / (norm + 1e-6), 1.0) / loss_scale
+        if ops.isfinite(norm):
+            self.optimizer(self.hyper_map(ops.partial(_scale, multiplier), grads))
         return loss, norm
 
 
@@ -198,12 +206,15 @@ class FusedTrainDriver:
 
     ``compiled`` is what runs the step: ``AutoParallel(step)`` on a cluster, or
     ``mindspore.jit(step.construct)`` in one process. One micro-batch per
-    update (pipeline micro-batches live inside the graph), no loss scaling.
+    update (pipeline micro-batches live inside the graph); with a
+    ``loss_scaler`` the scale goes into the graph and follows its overflows.
     """
 
-    def __init__(self, step: FusedTrainStep, compiled: Callable) -> None:
+    def __init__(self, step: FusedTrainStep, compiled: Callable,
+                 loss_scaler: Optional[DynamicLossScaler] = None) -> None:
         self.cell = step
         self.optimizer = step.optimizer
+        self.loss_scaler = loss_scaler
         self._compiled = compiled
         self._norm: Optional[float] = None
         self._after_compile: List[Callable[[], None]] = []
@@ -217,7 +228,8 @@ class FusedTrainDriver:
         """Runs the whole step (the learning rate must be set before); returns the loss."""
         if self._norm is not None:
             raise RuntimeError("a fused train step updates on every batch: call step() after each forward_backward()")
-        inputs = [Tensor(batch[k].astype(np.int32)) for k in BATCH_KEYS]
+        scale = self.loss_scaler.scale if self.loss_scaler else 1.0
+        inputs = [Tensor(batch[k].astype(np.int32)) for k in BATCH_KEYS] + [Tensor(scale, ms.float32)]
         if self._after_compile:
             compile_only = getattr(self._compiled, "compile", None)
             if compile_only is not None:
@@ -229,7 +241,11 @@ class FusedTrainDriver:
         return float(loss.asnumpy())
 
     def step(self) -> Tuple[float, bool]:
+        """The step already ran: its gradient norm, and whether it updated (no fp16 overflow)."""
         if self._norm is None:
             raise RuntimeError("step() called before forward_backward()")
         norm, self._norm = self._norm, None
-        return norm, True
+        finite = bool(np.isfinite(norm))
+        if self.loss_scaler is not None:
+            self.loss_scaler.update(finite)
+        return norm, finite

@@ -157,7 +157,8 @@ class Trainer:
         if self.train_step is None:
             build = getattr(self.parallel, "build_train_step", None)
             if build is not None:  # model parallelism: the step is one graph the parallel compiler shards
-                self.train_step = build(self.model, self.optimizer, self.args, self._strategy_dir())
+                self.train_step = build(self.model, self.optimizer, self.args, self._strategy_dir(),
+                                        self.loss_scaler)
             else:
                 self.train_step = TrainStep(self.model, self.optimizer, self.args.compile, self.parallel.grad_reducer,
                                             self.args.max_grad_norm, self.loss_scaler)
