@@ -2,7 +2,7 @@
 
     msrun --worker_num=2 ... python tests/msrun_semi_auto_worker.py SPEC.json
 
-``SPEC.json`` holds ``shape`` (``[dp, mp, pp]``) and ``out``. Each rank builds the
+``SPEC.json`` holds ``shape`` (``[dp, mp, pp]``), ``lora`` (bool) and ``out``. Each rank builds the
 tiny model under the layout (strategies, pipeline stages, the fused step in
 ``Pipeline`` / ``PipelineGradReducer`` / ``AutoParallel``), runs one training
 step and writes ``out/outcome-rank{r}.json``: its data share, its stage, and how
@@ -28,7 +28,9 @@ def main(spec_file: str) -> None:
     semi_auto.require_parallel_device = strategy.require_parallel_device = lambda *args, **kwargs: "CPU"
     dp, mp, pp = spec["shape"]
     layout = ParallelConfig(data_parallel=dp, model_parallel=mp, pipeline_stage=pp, micro_batch_num=2)
-    parallel = semi_auto.SemiAutoParallel(layout, ChatGLM3Config.from_pretrained(TINY))  # the scheduler ends here
+    peft = {"pet_type": "lora", "lora_rank": 8, "lora_alpha": 32, "target_modules": ".*query_key_value.*"}
+    peft = peft if spec.get("lora") else None
+    parallel = semi_auto.SemiAutoParallel(layout, ChatGLM3Config.from_pretrained(TINY), peft)  # scheduler ends here
 
     import mindspore as ms
     import numpy as np
@@ -40,6 +42,10 @@ def main(spec_file: str) -> None:
     out = Path(spec["out"])
     rows = fixture_rows(dict(np.load(Path(TINY).parent / "expected_train.npz")))
     model = ChatGLM3ForConditionalGeneration.from_pretrained(TINY, ms_dtype=ms.float32)
+    if peft:
+        from glm3_mindspore.training.finetune import apply_tuning_method
+
+        model = apply_tuning_method(model, peft)
     trainer = Trainer(model, upstream_args(out, max_steps=1, max_grad_norm=1.0), train_dataset=rows, parallel=parallel)
     try:
         trainer.train()

@@ -187,12 +187,13 @@ def test_msrun_launcher_script_takes_mindformers_arguments():
 CPU_REFUSAL = "Invalid communication backend: CPU for semi_auto_parallel/auto_parallel mode"
 
 
-@pytest.mark.parametrize("shape", [(1, 2, 1), (1, 1, 2)], ids=["model-parallel", "pipeline"])
-def test_model_and_pipeline_parallel_steps_reach_mindspores_parallel_compiler(tmp_path, shape):
+@pytest.mark.parametrize("shape, lora", [((1, 2, 1), False), ((1, 1, 2), False), ((1, 2, 1), True)],
+                         ids=["model-parallel", "pipeline", "model-parallel-lora"])
+def test_model_and_pipeline_parallel_steps_reach_mindspores_parallel_compiler(tmp_path, shape, lora):
     """Everything of a model/pipeline-parallel step up to the compile (strategies, stages, the fused step in
     Pipeline/PipelineGradReducer/AutoParallel, graph mode) is accepted by MindSpore; on CPU its compiler then
     refuses the backend, which is why glm3 finetune checks the device first. (~15 s each)"""
-    out = launch(tmp_path, {"shape": list(shape)}, "semi-auto", use_glm3_launch=False,
+    out = launch(tmp_path, {"shape": list(shape), "lora": lora}, "semi-auto", use_glm3_launch=False,
                  worker=HERE / "msrun_semi_auto_worker.py")
     outcomes = [json.loads((out / f"outcome-rank{r}.json").read_text()) for r in range(2)]
     for outcome in outcomes:
