@@ -237,3 +237,14 @@ def test_token_ids_outside_the_vocabulary_are_named(tmp_path):
         Trainer(model, upstream_args(tmp_path, max_steps=1), train_dataset=rows).train()
     with pytest.raises(ValueError, match="token id 70000"):
         model.generate([[64790, 64792, 70000]], max_new_tokens=2)
+
+
+def test_in_graph_gradient_norm_matches_the_host_norm():
+    """Off CPU the clipping norm is computed in the graph (the fused step always does): same value as the host's."""
+    from glm3_mindspore.training.optim import build_optimizer
+    from glm3_mindspore.training.train_step import TrainStep, host_global_norm
+
+    model = ChatGLM3ForConditionalGeneration.from_pretrained(TINY, ms_dtype=ms.float32)
+    step = TrainStep(model, build_optimizer(list(model.parameters_and_names()), TrainingArguments(output_dir="unused")))
+    grads = ms.mutable(tuple(ms.Tensor(p.asnumpy()) for p in model.get_parameters()))
+    np.testing.assert_allclose(float(step._norm(grads).asnumpy()), host_global_norm(grads), rtol=1e-5)

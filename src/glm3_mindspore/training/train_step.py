@@ -58,6 +58,20 @@ def _scale_tensor(multiplier, grad):
     return grad * multiplier.astype(grad.dtype)
 
 
+_square_sum = ops.MultitypeFuncGraph("square_sum")
+
+
+@_square_sum.register("Tensor")
+def _square_sum_tensor(grad):
+    grad = grad.astype(ms.float32)
+    return ops.sum(grad * grad)
+
+
+def global_norm(hyper_map, grads):
+    """L2 norm of all gradients, in fp32, inside a graph (``hyper_map``: an ``ops.HyperMap``)."""
+    return ops.sqrt(ops.addn(hyper_map(_square_sum, grads)))
+
+
 class TrainStep:
     """Compiled gradient and update functions for ``model`` and ``optimizer``."""
 
@@ -89,8 +103,7 @@ class TrainStep:
         return self.hyper_map(_add, total, grads)
 
     def _norm_impl(self, grads):
-        squares = [ops.sum(g.astype(ms.float32) * g.astype(ms.float32)) for g in grads]
-        return ops.sqrt(ops.stack(squares).sum())
+        return global_norm(self.hyper_map, grads)
 
     def _apply_impl(self, grads, multiplier):
         grads = self.hyper_map(ops.partial(_scale, multiplier), grads)
@@ -144,15 +157,6 @@ def host_global_norm(grads, chunk: int = 1 << 20) -> float:
     return float(np.sqrt(total))
 
 
-_square_sum = ops.MultitypeFuncGraph("square_sum")
-
-
-@_square_sum.register("Tensor")
-def _square_sum_tensor(grad):
-    grad = grad.astype(ms.float32)
-    return ops.sum(grad * grad)
-
-
 class _Unreduced(nn.Cell):
     """The gradients as they are (no pipeline accumulation)."""
 
@@ -192,7 +196,7 @@ class FusedTrainStep(nn.Cell):
         sens = ops.fill(loss.dtype, loss.shape, loss_scale)
         grads = self.grad(self.network, self.weights)(input_ids, position_ids, attention_mask, labels, sens)
         grads = self.grad_reducer(grads)
-        norm = ops.sqrt(ops.addn(self.hyper_map(_square_sum, grads))) / loss_scale
+        norm = global_norm(self.hyper_map, grads) / loss_scale
         multiplier = 1.0 / loss_scale
         if self.clip:
             multiplier = ops.minimum(self.max_grad_norm / (norm + 1e-6), 1.0) / loss_scale
