@@ -61,40 +61,41 @@ def weights(model):
     return {name: p.asnumpy() for name, p in model.parameters_and_names()}
 
 
-def test_fused_step_is_the_same_optimisation_as_the_split_step(tmp_path, expected_train):
-    rows = fixture_rows(expected_train)
-    split = Trainer(tiny_model(), upstream_args(tmp_path / "split", **SCHEDULE), train_dataset=rows)
+def split_and_fused(tmp_path, rows, **overrides):
+    """The same run trained by the data-parallel (split) step and by the fused step; both trainers."""
+    split = Trainer(tiny_model(), upstream_args(tmp_path / "split", **overrides), train_dataset=rows)
     split.train()
     model = tiny_model()
-    fused = Trainer(model, upstream_args(tmp_path / "fused", **SCHEDULE), train_dataset=rows,
+    fused = Trainer(model, upstream_args(tmp_path / "fused", **overrides), train_dataset=rows,
                     parallel=OneDeviceSemiAuto(model.config))
     fused.train()
+    return split, fused
+
+
+def assert_same_weights(model, reference, atol):
+    expected = weights(reference)
+    for name, value in weights(model).items():
+        np.testing.assert_allclose(value, expected[name], atol=atol, err_msg=name)
+
+
+def test_fused_step_is_the_same_optimisation_as_the_split_step(tmp_path, expected_train):
+    split, fused = split_and_fused(tmp_path, fixture_rows(expected_train), **SCHEDULE)
     np.testing.assert_allclose(losses(fused), losses(split), atol=1e-6)
     norms = [[r["grad_norm"] for r in t.state.log_history if "grad_norm" in r] for t in (fused, split)]
     np.testing.assert_allclose(norms[0], norms[1], atol=5e-5)  # in-graph fp32 sum vs host fp64: ~1e-5 apart
     assert max(norms[1]) > SCHEDULE["max_grad_norm"]  # clipping was exercised
-    expected = weights(split.model)
     # the clip factors differ by those ~1e-5 (relative); Adam's normalised updates carry that into weights
     # whose gradients are near zero: <= 6e-6 after 4 steps of lr 3e-3
-    for name, value in weights(fused.model).items():
-        np.testing.assert_allclose(value, expected[name], atol=2e-5, err_msg=name)
+    assert_same_weights(fused.model, split.model, atol=2e-5)
 
 
 def test_fused_step_scales_fp16_losses_and_skips_overflows_like_the_split_step(tmp_path, expected_train):
-    rows = fixture_rows(expected_train)
     # a first scale of 2**24 overflows fp16 gradients: both halve it and skip, then train with the same scale
-    fp16 = dict(SCHEDULE, fp16=True, loss_scale=2.0 ** 24, max_steps=3)
-    split = Trainer(tiny_model(), upstream_args(tmp_path / "split", **fp16), train_dataset=rows)
-    split.train()
-    model = tiny_model()
-    fused = Trainer(model, upstream_args(tmp_path / "fused", **fp16), train_dataset=rows,
-                    parallel=OneDeviceSemiAuto(model.config))
-    fused.train()
+    split, fused = split_and_fused(tmp_path, fixture_rows(expected_train),
+                                   **dict(SCHEDULE, fp16=True, loss_scale=2.0 ** 24, max_steps=3))
     assert fused.loss_scaler.scale == split.loss_scaler.scale < 2.0 ** 24  # at least one overflow skipped
     np.testing.assert_allclose(losses(fused), losses(split), atol=1e-3)  # fp16 compute
-    expected = weights(split.model)
-    for name, value in weights(fused.model).items():
-        np.testing.assert_allclose(value, expected[name], atol=1e-4, err_msg=name)
+    assert_same_weights(fused.model, split.model, atol=1e-4)
 
 
 def test_sliced_checkpoints_resume_exactly_and_merge_into_a_loadable_model(tmp_path, expected_train):
@@ -111,10 +112,7 @@ def test_sliced_checkpoints_resume_exactly_and_merge_into_a_loadable_model(tmp_p
     assert not any(p.name.startswith(".checkpoint-") for p in run.iterdir())  # staging committed
 
     # the merged hub folder is the trained model
-    merged = ChatGLM3ForConditionalGeneration.from_pretrained(run, ms_dtype=ms.float32)
-    trained = weights(reference.model)
-    for name, value in weights(merged).items():
-        np.testing.assert_array_equal(value, trained[name], err_msg=name)
+    assert_same_weights(ChatGLM3ForConditionalGeneration.from_pretrained(run, ms_dtype=ms.float32), reference.model, 0)
 
     # a new job resumes from step 2's slices (model and optimizer) and ends where the uninterrupted run did
     (run / "checkpoint-4").rename(run / "not-a-checkpoint-4")
@@ -123,8 +121,7 @@ def test_sliced_checkpoints_resume_exactly_and_merge_into_a_loadable_model(tmp_p
                       train_dataset=rows, parallel=OneDeviceSemiAuto(model.config))
     resumed.train(resume_from_checkpoint="latest")
     np.testing.assert_allclose(losses(resumed)[-2:], losses(reference)[-2:], atol=1e-6)
-    for name, value in weights(resumed.model).items():
-        np.testing.assert_allclose(value, trained[name], atol=1e-6, err_msg=name)
+    assert_same_weights(resumed.model, reference.model, atol=1e-6)
 
 
 def test_rows_are_dealt_by_data_parallel_index():
