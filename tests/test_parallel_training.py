@@ -15,6 +15,7 @@ import mindspore as ms
 import numpy as np
 import pytest
 
+from glm3_mindspore.cli import main
 from glm3_mindspore.configuration import ChatGLM3Config
 from glm3_mindspore.modeling import ChatGLM3ForConditionalGeneration
 from glm3_mindspore.parallel import ParallelDeviceError, SemiAutoParallel, parallel_from_environment
@@ -113,6 +114,11 @@ def test_sliced_checkpoints_resume_exactly_and_merge_into_a_loadable_model(tmp_p
 
     # the merged hub folder is the trained model
     assert_same_weights(ChatGLM3ForConditionalGeneration.from_pretrained(run, ms_dtype=ms.float32), reference.model, 0)
+    # any checkpoint exports with glm3 ckpt merge (its optimizer state left out)
+    assert main(["ckpt", "merge", "--strategy", str(run / "checkpoint-4" / "strategy"), "--src", str(run / "checkpoint-4"),
+                 "--dst", str(tmp_path / "exported"), "--to", "safetensors", "--config", str(TINY)]) == 0
+    exported = ChatGLM3ForConditionalGeneration.from_pretrained(tmp_path / "exported", ms_dtype=ms.float32)
+    assert_same_weights(exported, reference.model, 0)
 
     # a new job resumes from step 2's slices (model and optimizer) and ends where the uninterrupted run did
     (run / "checkpoint-4").rename(run / "not-a-checkpoint-4")

@@ -37,9 +37,10 @@ _EMBEDDING_ALIASES = (
 )
 # Optimizer state and training bookkeeping MindSpore / MindFormers store beside the weights.
 _TRAINING_PREFIXES = ("adam_m.", "adam_v.", "moment1.", "moment2.", "moments.", "accu_grads.", "accum_grads.",
-                      "accumulate_grads.", "global_norm", "learning_rate.")
+                      "accumulate_grads.", "global_norm", "learning_rate.",
+                      "exp_avg.", "exp_avg_sq.", "max_exp_avg_sq.")  # the last three: mindspore.experimental AdamW
 _TRAINING_NAMES = {"global_step", "learning_rate", "scale_sense", "epoch_num", "step_num", "loss_scale",
-                   "current_iterator_step", "last_overflow_iterator_step", "beta1_power", "beta2_power"}
+                   "current_iterator_step", "last_overflow_iterator_step", "beta1_power", "beta2_power", "state_step"}
 
 _SLICE_BYTES = 512 * 1024 * 1024  # MindSpore's SLICE_SIZE: tensors are written in records of at most this
 _CRC_TRAILER = 17  # b"crc_num" + 10-byte big-endian CRC32
