@@ -59,17 +59,27 @@ def _scale_tensor(multiplier, grad):
 
 
 _square_sum = ops.MultitypeFuncGraph("square_sum")
+_reduce_sum = ops.ReduceSum(keep_dims=False)
+# MindSpore's parallel compiler completes a norm of sliced gradients only when
+# each square sum reaches the Sqrt through an ExpandDims marked ``grad_scale``
+# (the pattern of ``ops.clip_by_global_norm``): there it divides each term by
+# the number of devices holding the same slice and all-reduces the sum within
+# and between pipeline stages. Elsewhere the mark does nothing.
+_norm_term = ops.ExpandDims().add_prim_attr("grad_scale", True)
 
 
 @_square_sum.register("Tensor")
 def _square_sum_tensor(grad):
-    grad = grad.astype(ms.float32)
-    return ops.sum(grad * grad)
+    return _norm_term(_reduce_sum(ops.square(ops.cast(grad, ms.float32)), ()), 0)
 
 
 def global_norm(hyper_map, grads):
-    """L2 norm of all gradients, in fp32, inside a graph (``hyper_map``: an ``ops.HyperMap``)."""
-    return ops.sqrt(ops.addn(hyper_map(_square_sum, grads)))
+    """L2 norm of all gradients, in fp32, inside a graph (``hyper_map``: an ``ops.HyperMap``); a scalar.
+
+    Under SEMI_AUTO_PARALLEL it is the norm of the whole, unsliced gradients
+    on every rank (see ``_norm_term``), so all ranks clip alike and agree on
+    skipping an overflowing fp16 step."""
+    return ops.sqrt(ops.addn(hyper_map(_square_sum, grads))).reshape(())
 
 
 class TrainStep:
@@ -172,8 +182,8 @@ class FusedTrainStep(nn.Cell):
     (1 in fp32/bf16, the dynamic fp16 scale otherwise), as MindSpore's
     loss-scaling train cells do. ``grad_reducer`` is applied to the gradients
     before the norm (``PipelineGradReducer`` under pipeline parallelism). The
-    norm is taken over the logical, full gradients, unscaled: under
-    SEMI_AUTO_PARALLEL the compiler adds the reductions over sharded ones. The
+    norm is taken over the whole gradients, unscaled: under SEMI_AUTO_PARALLEL
+    :func:`global_norm` has the compiler sum it over slices and stages. The
     update is skipped when the norm is not finite (an fp16 overflow); else the
     gradients are unscaled and clipped by ``min(1, max_grad_norm / (norm + 1e-6))``
     as :class:`TrainStep` does.
