@@ -42,6 +42,11 @@ def test_glm3_generate_prints_a_continuation(capsys):
     assert capsys.readouterr().out.strip()
 
 
+def test_glm3_generate_with_beams_prints_the_best_beam(capsys):
+    assert main(["generate", "--model", str(TINY), "你好", "--max-new-tokens", "6", "--num-beams", "3", "--greedy"]) == 0
+    assert capsys.readouterr().out.strip()
+
+
 def test_glm3_chat_keeps_history_and_obeys_commands(monkeypatch, capsys):
     monkeypatch.setattr(sys, "stdin", io.StringIO("你好\n\nclear\n再见\nexit\n"))
     assert main(["chat", "--model", str(TINY), "--max-length", "48", "--seed", "0", "--system", "你是导游"]) == 0

@@ -13,6 +13,8 @@ def register(subparsers) -> None:
     parser.add_argument("--chat", action="store_true", help="answer the prompt as a user chat turn")
     add_model_arguments(parser)
     add_sampling_arguments(parser, chat_defaults=False)
+    parser.add_argument("--num-beams", type=int, default=1,
+                        help="beam search with this many beams (the answer is printed when the search ends)")
     parser.set_defaults(func=run)
 
 
@@ -30,6 +32,11 @@ def run(args) -> int:
         kwargs["eos_token_id"] = chat_stop_ids(tokenizer)
     else:
         inputs = tokenizer(prompt, return_tensors="np")
+    if args.num_beams > 1:  # a beam search knows its answer only at the end
+        out = model.generate(inputs["input_ids"], inputs["attention_mask"], inputs["position_ids"],
+                             num_beams=args.num_beams, **kwargs)
+        print(tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+        return 0
     streamer = TextStreamer(tokenizer, skip_prompt=True)
     model.generate(inputs["input_ids"], inputs["attention_mask"], inputs["position_ids"], streamer=streamer, **kwargs)
     return 0

@@ -32,7 +32,11 @@ class GenerationConfig:
     """Decoding settings with Hugging Face semantics.
 
     ``max_new_tokens`` wins over ``max_length`` (which counts the prompt too).
-    ``top_k = 0`` and ``top_p = 1.0`` disable those filters. ``num_beams`` must be 1.
+    ``top_k = 0`` and ``top_p = 1.0`` disable those filters. ``num_beams`` > 1
+    is beam search (with ``do_sample``, beam sampling), scored and stopped as
+    Hugging Face's (``length_penalty``, ``early_stopping``: ``False``, ``True``
+    or ``"never"``); ``num_return_sequences`` continuations per prompt come
+    back, best first (with sampling, independent draws).
     """
 
     max_length: int = 20
@@ -43,6 +47,9 @@ class GenerationConfig:
     top_p: float = 1.0
     repetition_penalty: float = 1.0
     num_beams: int = 1
+    num_return_sequences: int = 1
+    length_penalty: float = 1.0
+    early_stopping: Union[bool, str] = False
     eos_token_id: Union[int, List[int], None] = None
     pad_token_id: Optional[int] = None
     seed: Optional[int] = None
@@ -65,11 +72,21 @@ class GenerationConfig:
             raise GenerationConfigError(f"top_p must be in (0, 1], got {self.top_p!r}")
         if self.repetition_penalty is None or self.repetition_penalty <= 0:
             raise GenerationConfigError(f"repetition_penalty must be > 0, got {self.repetition_penalty!r}")
-        if self.num_beams != 1:
+        for name in ("num_beams", "num_return_sequences"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise GenerationConfigError(f"{name} must be an int >= 1, got {value!r}")
+        if self.num_return_sequences > 1 and self.num_beams == 1 and not self.do_sample:
             raise GenerationConfigError(
-                f"num_beams={self.num_beams}: beam search is not supported; use num_beams=1 "
-                "(greedy with do_sample=False, or sampling)"
-            )
+                f"num_return_sequences={self.num_return_sequences} with greedy decoding would repeat one answer: "
+                "use num_beams >= num_return_sequences or do_sample=True")
+        if self.num_beams > 1 and self.num_return_sequences > self.num_beams:
+            raise GenerationConfigError(
+                f"num_return_sequences={self.num_return_sequences} exceeds num_beams={self.num_beams}")
+        if self.early_stopping not in (True, False, "never"):
+            raise GenerationConfigError(f"early_stopping must be True, False or 'never', got {self.early_stopping!r}")
+        if not isinstance(self.length_penalty, (int, float)) or isinstance(self.length_penalty, bool):
+            raise GenerationConfigError(f"length_penalty must be a number, got {self.length_penalty!r}")
 
     @property
     def eos_token_ids(self) -> List[int]:

@@ -16,7 +16,7 @@ from typing import Tuple
 
 import mindspore as ms
 import numpy as np
-from mindspore import Parameter, Tensor, nn
+from mindspore import Parameter, Tensor, nn, ops
 
 from ..parameter_io import write_parameter
 
@@ -49,6 +49,7 @@ class DecodingEngine(nn.Cell):
         self.value_cache = ms.ParameterTuple(
             [Parameter(zeros(), name=f"kv_cache.{id(self)}.{i}.value", requires_grad=False) for i in range(self.num_layers)])
         self._step = ms.jit(self.step) if compiled else self.step
+        self._reorder = ms.jit(self.reorder_rows) if compiled else self.reorder_rows
         # CPU has no compiled bfloat16 gather: look embeddings up op by op, feed them to the graph.
         self.embed_outside = compiled and model.transformer.embedding.word_embeddings.gather_bits
 
@@ -77,6 +78,17 @@ class DecodingEngine(nn.Cell):
             fresh_prompt,
         )
         return logits.asnumpy()
+
+    def reorder_rows(self, rows: Tensor) -> Tensor:
+        """Beam search: cache row ``i`` becomes what row ``rows[i]`` holds, in place, in every layer."""
+        for i in range(self.num_layers):
+            ops.assign(self.key_cache[i], ops.gather(self.key_cache[i], rows, 0))
+            ops.assign(self.value_cache[i], ops.gather(self.value_cache[i], rows, 0))
+        return rows
+
+    def reorder(self, rows: np.ndarray) -> None:
+        if not np.array_equal(rows, np.arange(self.batch)):
+            self._reorder(Tensor(rows.astype(np.int32)))
 
     def write_prefix(self) -> None:
         """P-Tuning v2: put the learned prefix keys/values in the first ``pre_seq_len`` slots."""

@@ -17,6 +17,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import Tensor
 
+from .beam_search import beam_search
 from .config import GenerationConfig, GenerationConfigError
 from .engine import CACHE_BUCKET, PROMPT_BUCKET, DecodingEngine, EngineCache, round_up
 from .logits import choose_tokens, process_scores
@@ -26,7 +27,8 @@ logger = logging.getLogger(__name__)
 LogitsProcessor = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 _CONFIG_ARGS = ("max_length", "max_new_tokens", "do_sample", "temperature", "top_k", "top_p",
-                "repetition_penalty", "num_beams", "eos_token_id", "pad_token_id", "seed")
+                "repetition_penalty", "num_beams", "num_return_sequences", "length_penalty", "early_stopping",
+                "eos_token_id", "pad_token_id", "seed")
 
 
 class PromptTooLongError(ValueError):
@@ -73,8 +75,10 @@ class GenerationMixin:
         the model's defaults. ``compiled=False`` runs op by op (PyNative);
         ``use_cache=False`` recomputes the whole sequence at every step (slow;
         a reference). Returns ``[B, S + new]`` in the input's type (``ms.Tensor``
-        in, ``ms.Tensor`` out; numpy otherwise); with ``return_past_key_values``
-        also the :class:`CacheState` to continue from.
+        in, ``ms.Tensor`` out; numpy otherwise), ``[B * num_return_sequences, ...]``
+        when more than one continuation per prompt is asked for (beam search
+        with ``num_beams``, or sampling); with ``return_past_key_values`` also
+        the :class:`CacheState` to continue from (not with beam search).
         """
         sequences, state = None, None
         for sequences, state in self._generate_steps(
@@ -91,7 +95,7 @@ class GenerationMixin:
         """Yield the sequences (numpy) after every new token, like upstream ``stream_generate``."""
         for sequences, state in self._generate_steps(
             input_ids, attention_mask, position_ids, generation_config, None, logits_processor,
-            compiled, True, kwargs.pop("truncate_prompt", False), past_key_values, kwargs,
+            compiled, True, kwargs.pop("truncate_prompt", False), past_key_values, kwargs, streaming=True,
         ):
             yield (sequences, state) if return_past_key_values else sequences
 
@@ -104,8 +108,11 @@ class GenerationMixin:
         return base.update(**kwargs)
 
     def _generate_steps(self, input_ids, attention_mask, position_ids, generation_config, streamer,
-                        logits_processor, compiled, use_cache, truncate_prompt, past, kwargs):
+                        logits_processor, compiled, use_cache, truncate_prompt, past, kwargs, streaming=False):
         config = self._generation_config(generation_config, kwargs)
+        if config.num_beams > 1 and (streamer is not None or past is not None or streaming):
+            raise GenerationConfigError("beam search (num_beams > 1) cannot stream or continue past_key_values: "
+                                        "use num_beams=1 with a streamer, stream_generate or stream_chat")
         prompt = _as_2d_int(input_ids, "input_ids")
         _check_token_ids(prompt, self.config.padded_vocab_size)
         pad_id = config.pad_token_id if config.pad_token_id is not None else self.config.pad_token_id or 0
@@ -116,6 +123,12 @@ class GenerationMixin:
         positions = (_as_2d_int(position_ids, "position_ids") if position_ids is not None
                      else np.maximum(np.cumsum(mask, axis=1) - 1, 0)) + (0 if position_ids is not None else past_tokens)
         prompt, mask, positions, max_new = self._fit_prompt(prompt, mask, positions, config, truncate_prompt)
+        if max_new == 0:  # nothing to generate: the prompt, as Hugging Face returns it
+            yield np.repeat(prompt, config.num_return_sequences, axis=0), None
+            return
+        copies = config.num_beams if config.num_beams > 1 else config.num_return_sequences
+        if copies > 1:  # beams of a prompt, or independent draws: consecutive rows
+            prompt, mask, positions = (np.repeat(a, copies, axis=0) for a in (prompt, mask, positions))
 
         eos_ids = np.array(config.eos_token_ids or self.config.eos_token_ids, dtype=np.int64)
         rng = np.random.default_rng(config.seed) if config.do_sample else None
@@ -127,6 +140,9 @@ class GenerationMixin:
         try:
             decoder = (_FullRecompute(self, prompt, mask, positions) if not use_cache
                        else self._cached_decoder(prompt, mask, positions, max_new, compiled, past))
+            if config.num_beams > 1:
+                yield beam_search(decoder, prompt, config, eos_ids, pad_id, max_new, logits_processor or ()), None
+                return
             sequences = prompt.astype(np.int64)
             finished = np.zeros(prompt.shape[0], dtype=bool)
             logits = decoder.first_logits()
@@ -239,6 +255,11 @@ class _CachedDecoder:
             return self.engine.run(self.prompt, self.prompt_positions, prompt_mask, self.start, fresh_prompt=True)
         return self.engine.run(self.prompt, self.prompt_positions, self.mask, self.start)
 
+    def reorder(self, rows: np.ndarray) -> None:
+        """Beam search: row ``i`` continues what row ``rows[i]`` holds (cache, mask, positions)."""
+        self.engine.reorder(rows)
+        self.mask, self.positions = self.mask[rows], self.positions[rows]
+
     def next_logits(self, tokens: np.ndarray) -> np.ndarray:
         logits = self.engine.run(tokens[:, None], self.positions[:, None], self.mask, self.cursor)
         self.cursor += 1
@@ -264,6 +285,9 @@ class _FullRecompute:
 
     def first_logits(self) -> np.ndarray:
         return self._last_logits()
+
+    def reorder(self, rows: np.ndarray) -> None:
+        self.ids, self.mask, self.positions = self.ids[rows], self.mask[rows], self.positions[rows]
 
     def next_logits(self, tokens: np.ndarray) -> np.ndarray:
         self.ids = np.concatenate([self.ids, tokens[:, None]], axis=1)

@@ -43,23 +43,27 @@ def apply_temperature(scores: np.ndarray, temperature: float) -> np.ndarray:
     return scores if temperature == 1.0 else scores / np.float32(temperature)
 
 
-def apply_top_k(scores: np.ndarray, top_k: int) -> np.ndarray:
-    """Keep the ``top_k`` highest scores of each row (ties at the threshold kept), -inf elsewhere."""
-    if top_k <= 0 or top_k >= scores.shape[-1]:
+def apply_top_k(scores: np.ndarray, top_k: int, min_keep: int = 1) -> np.ndarray:
+    """Keep the ``top_k`` (at least ``min_keep``) highest scores of each row (ties at the threshold kept), -inf elsewhere."""
+    if top_k <= 0:
+        return scores
+    top_k = max(top_k, min_keep)
+    if top_k >= scores.shape[-1]:
         return scores
     threshold = np.partition(scores, -top_k, axis=-1)[..., -top_k, None]
     return np.where(scores < threshold, -np.inf, scores)
 
 
-def apply_top_p(scores: np.ndarray, top_p: float) -> np.ndarray:
-    """Nucleus filter: drop the lowest-probability tokens whose total mass is at most ``1 - top_p``."""
+def apply_top_p(scores: np.ndarray, top_p: float, min_keep: int = 1) -> np.ndarray:
+    """Nucleus filter: drop the lowest-probability tokens whose total mass is at most ``1 - top_p``
+    (always keeping the ``min_keep`` most likely)."""
     if top_p >= 1.0:
         return scores
     order = np.argsort(scores, axis=-1, kind="stable")  # ascending, as Hugging Face sorts
     sorted_scores = np.take_along_axis(scores, order, axis=-1)
     cumulative = np.cumsum(softmax(sorted_scores), axis=-1)
     remove_sorted = cumulative <= (1 - top_p)
-    remove_sorted[..., -1] = False  # always keep the most likely token
+    remove_sorted[..., -min_keep:] = False  # always keep the most likely tokens
     remove = np.zeros_like(remove_sorted)
     np.put_along_axis(remove, order, remove_sorted, axis=-1)
     return np.where(remove, -np.inf, scores)
