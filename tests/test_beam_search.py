@@ -113,3 +113,12 @@ def test_chat_with_beams_answers_once(model, tokenizer):
 def test_zero_new_tokens_returns_the_prompt(model, settings):
     prompt = [[64790, 64792, 100]]
     assert model.generate(prompt, max_new_tokens=0, **settings).tolist() == prompt * settings.get("num_return_sequences", 1)
+
+
+def test_generation_config_files_with_nulls_take_the_defaults():
+    config = GenerationConfig.from_dict({"num_beams": 4, "early_stopping": None, "length_penalty": None,
+                                         "top_k": None, "max_new_tokens": None, "diversity_penalty": 0.0})
+    assert (config.num_beams, config.early_stopping, config.length_penalty, config.top_k) == (4, False, 1.0, 0)
+    assert config.max_new_tokens is None and config.extras == {"diversity_penalty": 0.0}
+    with pytest.raises(GenerationConfigError, match="num_beam_groups=2"):
+        GenerationConfig.from_dict({"num_beams": 4, "num_beam_groups": 2})

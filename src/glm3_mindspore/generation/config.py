@@ -83,6 +83,9 @@ class GenerationConfig:
         if self.num_beams > 1 and self.num_return_sequences > self.num_beams:
             raise GenerationConfigError(
                 f"num_return_sequences={self.num_return_sequences} exceeds num_beams={self.num_beams}")
+        if self.extras.get("num_beam_groups") not in (None, 1):
+            raise GenerationConfigError(f"num_beam_groups={self.extras['num_beam_groups']}: group (diverse) beam "
+                                        "search is not supported; use num_beam_groups=1")
         if self.early_stopping not in (True, False, "never"):
             raise GenerationConfigError(f"early_stopping must be True, False or 'never', got {self.early_stopping!r}")
         if not isinstance(self.length_penalty, (int, float)) or isinstance(self.length_penalty, bool):
@@ -112,10 +115,10 @@ class GenerationConfig:
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "GenerationConfig":
         known = {f.name for f in dataclasses.fields(cls)} - {"extras"}
-        values = {k: v for k, v in data.items() if k in known}
+        defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.name in known}
+        # null in a file means "the default" (Hugging Face writes e.g. "top_k": null)
+        values = {k: v for k, v in data.items() if k in known and not (v is None and defaults[k] is not None)}
         extras = {k: v for k, v in data.items() if k not in known}
-        if values.get("top_k") is None:
-            values.pop("top_k", None)
         return cls(**values, extras=extras)
 
     # -------------------------------------------------------------- loading
