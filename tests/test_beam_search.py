@@ -115,6 +115,14 @@ def test_zero_new_tokens_returns_the_prompt(model, settings):
     assert model.generate(prompt, max_new_tokens=0, **settings).tolist() == prompt * settings.get("num_return_sequences", 1)
 
 
+def test_zero_new_tokens_still_ends_a_stream(model, tokenizer):
+    from glm3_mindspore import TextIteratorStreamer
+
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True)
+    model.generate([[64790, 64792, 100]], max_new_tokens=0, streamer=streamer)
+    assert "".join(streamer) == ""  # ends instead of waiting for text
+
+
 def test_generation_config_files_with_nulls_take_the_defaults():
     config = GenerationConfig.from_dict({"num_beams": 4, "early_stopping": None, "length_penalty": None,
                                          "top_k": None, "max_new_tokens": None, "diversity_penalty": 0.0})

@@ -124,6 +124,9 @@ class GenerationMixin:
                      else np.maximum(np.cumsum(mask, axis=1) - 1, 0)) + (0 if position_ids is not None else past_tokens)
         prompt, mask, positions, max_new = self._fit_prompt(prompt, mask, positions, config, truncate_prompt)
         if max_new == 0:  # nothing to generate: the prompt, as Hugging Face returns it
+            if streamer is not None:
+                streamer.put(prompt)
+                streamer.end()
             yield np.repeat(prompt, config.num_return_sequences, axis=0), None
             return
         copies = config.num_beams if config.num_beams > 1 else config.num_return_sequences
