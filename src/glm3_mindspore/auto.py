@@ -114,10 +114,6 @@ def _is_yaml(name_or_path) -> bool:
     return str(name_or_path).endswith((".yaml", ".yml")) and Path(name_or_path).is_file()
 
 
-def _read_json(path: Path) -> Dict[str, Any]:
-    return read_json_object(path, ConfigError)
-
-
 def _model_type_of(data: Dict[str, Any], where: str) -> str:
     """``model_type``, or the one implied by ``architectures`` / ``auto_map`` class names."""
     _ensure_registry()
@@ -143,7 +139,7 @@ class AutoConfig:
         options = HubOptions.pop_from(kwargs)
         path = Path(name_or_path).expanduser()
         config_file = path if path.is_file() else resolve_file(name_or_path, CONFIG_NAME, options)
-        data = _read_json(config_file)
+        data = read_json_object(config_file, ConfigError)
         config_cls = _entry(_model_type_of(data, str(config_file))).config_cls
         try:
             return config_cls.from_dict({**data, "model_type": config_cls.model_type, **kwargs})
@@ -170,14 +166,14 @@ class AutoTokenizer:
             return ChatGLM3Tokenizer(path, **kwargs)
         options = HubOptions(**{k: kwargs[k] for k in ("revision", "cache_dir", "local_files_only", "token") if k in kwargs})
         tokenizer_config = resolve_file(name_or_path, TOKENIZER_CONFIG_FILE, options, required=False)
-        class_name = _read_json(tokenizer_config).get("tokenizer_class") if tokenizer_config else None
+        class_name = read_json_object(tokenizer_config, ConfigError).get("tokenizer_class") if tokenizer_config else None
         if class_name and class_name not in _CLASS_NAMES:
             raise ConfigError(f"{tokenizer_config}: unknown tokenizer_class {class_name!r}")
         if class_name:
             model_type = _CLASS_NAMES[class_name][0]
         else:
             config_file = resolve_file(name_or_path, CONFIG_NAME, options)
-            model_type = _model_type_of(_read_json(config_file), str(config_file))
+            model_type = _model_type_of(read_json_object(config_file, ConfigError), str(config_file))
         tokenizer_cls = _entry(model_type).tokenizer_cls
         if tokenizer_cls is None:
             raise ConfigError(f"model_type {model_type!r} has no registered tokenizer")

@@ -7,7 +7,6 @@ the fly.
 
 from __future__ import annotations
 
-
 import mindspore as ms
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops

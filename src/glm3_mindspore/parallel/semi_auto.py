@@ -104,11 +104,15 @@ class SemiAutoParallel(DataParallel):
         return float(total / max(count, 1.0))
 
     # ------------------------------------------------------------ checkpoints
+    def slice_file(self, folder: Path, prefix: str = "glm3") -> Path:
+        """Where this rank's slices live: ``folder/rank_<r>/<prefix>_rank_<r>.ckpt`` (``glm3 ckpt merge``'s layout)."""
+        return Path(folder) / f"rank_{self.rank}" / f"{prefix}_rank_{self.rank}.ckpt"
+
     def save_slices(self, cell, folder: Path, prefix: str = "glm3") -> Path:
-        """This rank's slices of ``cell``'s parameters: ``folder/rank_<r>/<prefix>_rank_<r>.ckpt``."""
+        """This rank's slices of ``cell``'s parameters, at :meth:`slice_file`."""
         import mindspore as ms
 
-        path = Path(folder) / f"rank_{self.rank}" / f"{prefix}_rank_{self.rank}.ckpt"
+        path = self.slice_file(folder, prefix)
         path.parent.mkdir(parents=True, exist_ok=True)
         ms.save_checkpoint(cell, str(path), integrated_save=False)
         return path
@@ -116,7 +120,7 @@ class SemiAutoParallel(DataParallel):
     def load_slices(self, cell, folder: Path, prefix: str = "glm3") -> None:
         import mindspore as ms
 
-        path = Path(folder) / f"rank_{self.rank}" / f"{prefix}_rank_{self.rank}.ckpt"
+        path = self.slice_file(folder, prefix)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: the slice of rank {self.rank} is missing (same layout as the run "
                                     "that saved it? use glm3 ckpt reshard to change layouts)")
