@@ -14,12 +14,17 @@ from mindspore.common.initializer import Normal, One, Zero, initializer
 
 from ..runtime import supports_bf16_compute
 from . import kernels
+from .small_batch_linear import MAX_ROWS, small_batch_linear
 
 INIT_STD = 0.02
 
 
 class Linear(nn.Cell):
-    """``y = x W^T (+ b)`` with ``W`` of shape ``[out, in]``, as in PyTorch checkpoints."""
+    """``y = x W^T (+ b)`` with ``W`` of shape ``[out, in]``, as in PyTorch checkpoints.
+
+    In inference on CPU, products of at most ``MAX_ROWS`` rows (decoding) go
+    to the small-batch kernel, which reads the weight in its stored dtype.
+    """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False, dtype=ms.float32) -> None:
         super().__init__()
@@ -28,14 +33,24 @@ class Linear(nn.Cell):
         self.weight = Parameter(initializer(Normal(INIT_STD), (out_features, in_features), dtype), name="weight")
         self.bias = Parameter(initializer(Zero(), (out_features,), dtype), name="bias") if bias else None
         self.matmul = ops.MatMul(transpose_b=True)
+        self.small_batch_matmul = small_batch_linear()  # None off CPU or without a C++ compiler
 
     def construct(self, x: Tensor) -> Tensor:
         shape = x.shape
-        weight = self.weight if self.weight.dtype == x.dtype else self.weight.astype(x.dtype)
-        y = self.matmul(x.reshape(-1, shape[-1]), weight)
+        rows = x.reshape(-1, shape[-1])
+        if self.uses_small_batch_kernel(rows):
+            y = self.small_batch_matmul(rows, self.weight)
+        else:
+            weight = self.weight if self.weight.dtype == x.dtype else self.weight.astype(x.dtype)
+            y = self.matmul(rows, weight)
         if self.bias is not None:
             y = y + (self.bias if self.bias.dtype == x.dtype else self.bias.astype(x.dtype))
         return y.reshape(shape[:-1] + (self.out_features,))
+
+    def uses_small_batch_kernel(self, rows: Tensor) -> bool:
+        """Decided while tracing: shapes, dtypes and the training flag are constants of a compiled graph."""
+        return (self.small_batch_matmul is not None and not self.training and 0 < rows.shape[0] <= MAX_ROWS
+                and (rows.dtype == ms.float32 or rows.dtype == ms.float16))
 
     def extend_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
