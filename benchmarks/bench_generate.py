@@ -62,6 +62,12 @@ CONFIGS: Dict[str, Dict] = {
     "b": dict(COMMON, num_layers=2, hidden_size=4096, ffn_hidden_size=13696, num_attention_heads=32),
 }
 DESCRIPTION = {"a": "(a) 8L h1024", "b": "(b) 6B shape, 2L"}
+VARIANTS = {  # side -> label of the extra table
+    "ours-float16": "float16",
+    "ours-bfloat16": "bfloat16 weights, float32 compute",
+    "ours-float32-matmul": "float32, MatMul only (GLM3_CPU_KERNELS=0)",
+}
+EXTRA_DTYPES = ("float16", "bfloat16")
 PARITY_SHAPE = (2, 32)
 
 
@@ -77,6 +83,8 @@ def ms_worker(args) -> None:
 
     from glm3_mindspore.modeling import ChatGLM3ForConditionalGeneration
 
+    if args.matmul_only:
+        os.environ["GLM3_CPU_KERNELS"] = "0"  # read when the first layer is built
     t0 = time.perf_counter()
     model = ChatGLM3ForConditionalGeneration.from_pretrained(args.model, ms_dtype=args.dtype)
     model.set_train(False)
@@ -225,7 +233,8 @@ def bench_config(name: str, args, work: Path) -> dict:
                    str(work / f"logits-torch-{name}.npz"), "--threads", str(args.threads), "--attn", args.torch_attn],
                   f"torch logits, config {name}")
     # Rounds alternate the sides, so that both meet the same machine; repeats pool over rounds.
-    sides = [f"ours-{dtype}" for dtype in ["float32"] + (["float16"] if args.fp16 else [])]
+    sides = ["ours-float32"] + [f"ours-{dtype}" for dtype in args.also_dtypes]
+    sides += ["ours-float32-matmul"] if args.compare_matmul else []
     sides += [] if args.skip_torch else ["torch-float32"]
     for round_ in range(args.rounds):
         for side in sides:
@@ -233,7 +242,8 @@ def bench_config(name: str, args, work: Path) -> dict:
             what = f"{side}, config {name}, round {round_ + 1}/{args.rounds}"
             if side.startswith("ours"):
                 dtype = side.split("-")[1]
-                extra = ["--logits", str(work / f"logits-ours-{name}.npz")] if dtype == "float32" and round_ == 0 else []
+                extra = ["--logits", str(work / f"logits-ours-{name}.npz")] if side == "ours-float32" and round_ == 0 else []
+                extra += ["--matmul-only"] if side.endswith("-matmul") else []
                 cmd = me + [str(out), "--dtype", dtype] + common + extra
             else:
                 cmd = [torch_py, str(TORCH_WORKER), "bench", str(glm_dir), str(prompt_file), str(out), "--threads",
@@ -256,7 +266,7 @@ def table(reports: List[dict], args) -> str:
     head = ("| config | batch | ours prefill tok/s | torch prefill tok/s | ratio | ours decode ms/token "
             "| torch decode ms/token | ratio | ours compile s | other load, cores |")
     lines = [head, "|" + "---|" * 10]
-    fp16_lines = []
+    variant_lines = []
     flagged = False
     for report in reports:
         for batch in args.batch:
@@ -279,10 +289,13 @@ def table(reports: List[dict], args) -> str:
             cells.append(f"{ours['compile_s']:.1f}")
             cells.append(f"{ours['background_cores']:.2f}" + (f" / {theirs['background_cores']:.2f}" if theirs else ""))
             lines.append("| " + " | ".join(cells) + " |")
-            if "ours-float16" in report["sides"]:
-                half = summarize(report["sides"]["ours-float16"], batch, args.prompt_len, args.new_tokens, args.stat)
-                fp16_lines.append(f"| {DESCRIPTION[report['config']]} | {batch} | {half['prefill_tok_s']:.0f} "
-                                  f"| {half['decode_ms']:.1f} | {half['compile_s']:.1f} |")
+            for side, label in VARIANTS.items():
+                if side in report["sides"]:
+                    other = summarize(report["sides"][side], batch, args.prompt_len, args.new_tokens, args.stat)
+                    variant_lines.append(
+                        f"| {DESCRIPTION[report['config']]} | {label} | {batch} | {other['prefill_tok_s']:.0f} "
+                        f"| {other['decode_ms']:.1f} | {ours['decode_ms'] / other['decode_ms']:.2f}x "
+                        f"| {other['compile_s']:.1f} | {other['background_cores']:.2f} |")
     text = "\n".join(lines)
     text += ("\n\nRatios are ours / torch for prefill throughput and torch / ours for decode latency: "
              "above 1x means ours is faster. Other load: CPU cores that other processes on the machine used "
@@ -290,9 +303,10 @@ def table(reports: List[dict], args) -> str:
     if flagged:
         text += (f"\n(*) other processes used more than {args.max_background} CPU cores during a timed call "
                  "of this row (the machine is shared): its numbers are disturbed.")
-    if fp16_lines:
-        text += ("\n\nOurs in float16 (MindSpore CPU):\n\n| config | batch | prefill tok/s | decode ms/token | compile s |\n"
-                 "|---|---|---|---|---|\n" + "\n".join(fp16_lines))
+    if variant_lines:
+        text += ("\n\nOurs in other settings (decode ratio: float32 above / this row, above 1x means this row is "
+                 "faster):\n\n| config | ours | batch | prefill tok/s | decode ms/token | ratio | compile s | other load, cores |\n"
+                 "|---|---|---|---|---|---|---|---|\n" + "\n".join(variant_lines))
     return text
 
 
@@ -308,6 +322,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         p.add_argument("--new-tokens", type=int, default=32)
         p.add_argument("--repeats", type=int, default=2)
         p.add_argument("--logits")
+        p.add_argument("--matmul-only", action="store_true")
         return ms_worker(p.parse_args(argv[1:]))
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
@@ -320,7 +335,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--stat", choices=("min", "median"), default="min",
                         help="how repeats combine: min (default; robust to other load on the machine) or median")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--fp16", action="store_true", help="also time ours in float16")
+    parser.add_argument("--also-dtypes", type=lambda text: [x for x in text.split(",") if x], default=[],
+                        help="comma list of float16, bfloat16: also time ours with these parameter dtypes")
+    parser.add_argument("--compare-matmul", action="store_true",
+                        help="also time ours in float32 without the small-batch CPU kernel (GLM3_CPU_KERNELS=0)")
     parser.add_argument("--work-dir", default=os.path.join(tempfile.gettempdir(), "glm3-bench-generate"),
                         help="checkpoints (reused between runs) and intermediate files")
     parser.add_argument("--torch-python", default=os.environ.get("GLM3_TORCH_PYTHON", "/work/venv-torch/bin/python"))
@@ -337,6 +355,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = parser.parse_args(argv)
     if args.new_tokens < 2:
         parser.error("--new-tokens must be at least 2")
+    if set(args.also_dtypes) - set(EXTRA_DTYPES):
+        parser.error(f"--also-dtypes: choose from {', '.join(EXTRA_DTYPES)}")
     names = [n for n in args.configs.split(",") if n]
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:

@@ -50,8 +50,8 @@ class DecodingEngine(nn.Cell):
             [Parameter(zeros(), name=f"kv_cache.{id(self)}.{i}.value", requires_grad=False) for i in range(self.num_layers)])
         self._step = ms.jit(self.step) if compiled else self.step
         self._reorder = ms.jit(self.reorder_rows) if compiled else self.reorder_rows
-        # CPU has no compiled bfloat16 gather: look embeddings up op by op, feed them to the graph.
-        self.embed_outside = compiled and model.transformer.embedding.word_embeddings.gather_bits
+        # CPU has no compiled bfloat16 gather (without our kernels): look embeddings up op by op, feed them in.
+        self.embed_outside = compiled and not model.transformer.embedding.word_embeddings.compiles_in_inference
 
     def step(self, input_ids, position_ids: Tensor, attention_mask: Tensor, cache_position: Tensor,
              inputs_embeds=None, fresh_prompt: bool = False) -> Tensor:

@@ -14,7 +14,7 @@ from mindspore.common.initializer import Normal, One, Zero, initializer
 
 from ..runtime import supports_bf16_compute
 from . import kernels
-from .small_batch_linear import MAX_ROWS, small_batch_linear
+from .cpu_kernels import MAX_ROWS, gather_rows, small_batch_linear
 
 INIT_STD = 0.02
 
@@ -64,15 +64,24 @@ class Embedding(nn.Cell):
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim
         self.weight = Parameter(initializer(Normal(INIT_STD), (num_embeddings, embedding_dim), dtype), name="weight")
-        # CPU has no bfloat16 gather: move the rows as raw 16-bit words instead.
+        # CPU has no bfloat16 Gather. In inference our row-gather kernel reads the table in any graph;
+        # otherwise the rows move as raw 16-bit words, op by op (a dtype view does not compile).
         self.gather_bits = dtype == ms.bfloat16 and not supports_bf16_compute()
+        self.gather_rows = gather_rows() if self.gather_bits else None
         self.gather = ops.Gather()  # a primitive, so a parallel layout can give it a shard strategy
 
     def construct(self, ids: Tensor) -> Tensor:
         ids = ids.astype(ms.int32)
+        if self.gather_rows is not None and not self.training:
+            return self.gather_rows(self.weight, ids)
         if self.gather_bits:
             return self.gather(self.weight.view(ms.uint16), ids, 0).view(ms.bfloat16)
         return self.gather(self.weight, ids, 0)
+
+    @property
+    def compiles_in_inference(self) -> bool:
+        """Whether a compiled inference graph can contain this lookup (else it runs before the graph)."""
+        return not self.gather_bits or self.gather_rows is not None
 
 
 class RMSNorm(nn.Cell):

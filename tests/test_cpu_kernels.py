@@ -1,4 +1,4 @@
-"""The CPU small-batch linear kernel: exact enough for every dtype pair, used where it should be, built safely."""
+"""Our CPU kernels: small-batch linear exact for every dtype pair, bf16 row gather exact, used where they should be, built safely."""
 
 import logging
 import os
@@ -9,13 +9,13 @@ import pytest
 from mindspore import Tensor
 
 from glm3_mindspore import ChatGLM3ForConditionalGeneration
-from glm3_mindspore.modeling import small_batch_linear as sbl
-from glm3_mindspore.modeling.layers import Linear
+from glm3_mindspore.modeling import cpu_kernels as sbl
+from glm3_mindspore.modeling.layers import Embedding, Linear
 from conftest import TINY
 
 CHAT_STOP = [2, 64795, 64797]
 
-pytestmark = pytest.mark.skipif(sbl.small_batch_linear() is None, reason="no C++ compiler: the kernel is not built")
+pytestmark = pytest.mark.skipif(sbl.library() is None, reason="no C++ compiler: the kernels are not built")
 
 
 def _kernel():
@@ -84,6 +84,29 @@ def test_gradients_through_the_kernel_equal_matmul_gradients():
     np.testing.assert_allclose(dw_kernel.asnumpy(), dw_matmul.asnumpy(), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [ms.bfloat16, ms.float16, ms.float32])
+def test_row_gather_copies_table_rows_exactly_and_refuses_unknown_ids(dtype):
+    table = Tensor(np.random.default_rng(4).standard_normal((50, 33)).astype(np.float32)).astype(dtype)
+    ids = Tensor(np.array([[3, 0, 49], [7, 7, 1]], np.int32))
+    rows = _compiled(sbl.gather_rows(), table, ids)
+    assert rows.dtype == dtype and rows.shape == (2, 3, 33)
+    expected_rows = table.astype(ms.float32).asnumpy()[ids.asnumpy()]
+    np.testing.assert_array_equal(rows.astype(ms.float32).asnumpy(), expected_rows)
+    with pytest.raises(RuntimeError):
+        sbl.gather_rows()(table, Tensor(np.array([[50]], np.int32))).asnumpy()
+
+
+def test_bf16_embeddings_are_looked_up_inside_the_decode_graph(expected):
+    model = ChatGLM3ForConditionalGeneration.from_pretrained(TINY, ms_dtype="bfloat16")
+    embedding = model.transformer.embedding.word_embeddings
+    assert embedding.compiles_in_inference
+    prompt = expected["chat_input_ids"]
+    compiled = model.generate(prompt, max_new_tokens=6, eos_token_id=[])
+    embedding.gather_rows = None  # the op-by-op lookup outside the graph: same tokens
+    model.clear_generation_cache()
+    assert model.generate(prompt, max_new_tokens=6, eos_token_id=[]).tolist() == compiled.tolist()
+
+
 @pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "pynative"])
 def test_upstream_greedy_tokens_with_and_without_the_kernel(expected, compiled):
     model = ChatGLM3ForConditionalGeneration.from_pretrained(TINY, ms_dtype=ms.float32)
@@ -100,9 +123,9 @@ def test_upstream_greedy_tokens_with_and_without_the_kernel(expected, compiled):
 
 def test_build_is_cached_per_source_compiler_and_cpu(tmp_path):
     compiler = sbl.find_compiler()
-    first = sbl.build_kernel(compiler, tmp_path)
+    first = sbl.build_library(compiler, tmp_path)
     stamp = first.stat().st_mtime_ns
-    assert sbl.build_kernel(compiler, tmp_path) == first and first.stat().st_mtime_ns == stamp
+    assert sbl.build_library(compiler, tmp_path) == first and first.stat().st_mtime_ns == stamp
     assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no partial files left behind
 
 
@@ -111,23 +134,24 @@ def test_a_failing_compiler_is_reported_with_its_output(tmp_path):
     fake.write_text("#!/bin/sh\necho 'fatal: no room' >&2\nexit 1\n")
     fake.chmod(0o755)
     with pytest.raises(sbl.KernelBuildError, match="no room"):
-        sbl.build_kernel(str(fake), tmp_path / "cache")
+        sbl.build_library(str(fake), tmp_path / "cache")
     assert not any((tmp_path / "cache").iterdir())
 
 
 def test_without_a_compiler_or_when_switched_off_layers_use_matmul(monkeypatch, caplog):
     try:
         monkeypatch.setattr(sbl, "find_compiler", lambda: None)
-        sbl.small_batch_linear.cache_clear()
+        sbl.library.cache_clear()
         with caplog.at_level(logging.WARNING, logger=sbl.__name__):
-            assert sbl.small_batch_linear() is None
+            assert sbl.small_batch_linear() is None and sbl.gather_rows() is None
         assert "no C++ compiler" in caplog.text
         assert Linear(8, 4).small_batch_matmul is None
+        assert not Embedding(8, 4, dtype=ms.bfloat16).compiles_in_inference
         monkeypatch.undo()
         monkeypatch.setitem(os.environ, sbl.SWITCH, "0")
-        sbl.small_batch_linear.cache_clear()
+        sbl.library.cache_clear()
         assert sbl.small_batch_linear() is None
     finally:
         monkeypatch.undo()
-        sbl.small_batch_linear.cache_clear()
+        sbl.library.cache_clear()
     assert sbl.small_batch_linear() is not None

@@ -1,5 +1,8 @@
-// y = x W^T for a few rows of x: the linear layers of token-by-token decoding on CPU.
+// CPU kernels MindSpore lacks, called as ahead-of-time `ops.Custom` kernels
+// (see cpu_kernels.py).
 //
+// SmallBatchLinear: y = x W^T for a few rows of x, the linear layers of
+// token-by-token decoding.
 // Decoding one token multiplies a handful of activation rows by every weight
 // matrix, so its speed is the rate at which the weights stream from memory.
 // This kernel reads each weight row once, accumulates in fp32 and splits the
@@ -11,15 +14,20 @@
 // 2-core host that spinning took the cores from MindSpore's own kernels
 // between matmuls (decode 30% slower on an 8-layer, 1024-wide model).
 //
-// Called by MindSpore as an ahead-of-time `ops.Custom` kernel
-// (see small_batch_linear.py): inputs x [M, K] and w [N, K], output y [M, N];
-// x and y are fp32 or fp16 (the same), w is fp32, fp16 or bf16.
+// Inputs x [M, K] and w [N, K], output y [M, N]; x and y are fp32 or fp16 (the
+// same), w is fp32, fp16 or bf16.
+//
+// GatherRows: embedding lookup in a bf16 (or any 2- or 4-byte) table; inside a
+// compiled graph MindSpore's CPU Gather has no bf16 kernel, and outside one a
+// Gather on a 16-bit view of the table copies the whole table first.
 
 #include <sched.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <condition_variable>
+#include <immintrin.h>
+
 #include <cstdint>
 #include <cstring>
 #include <functional>
@@ -37,8 +45,17 @@ struct bf16 { uint16_t bits; };
 // Sixteen consecutive values as fp32 lanes.
 static inline f32x16 load16(const float* p) { f32x16 v; std::memcpy(&v, p, sizeof v); return v; }
 static inline f32x16 load16(const _Float16* p) {
-  f16x16 h; std::memcpy(&h, p, sizeof h);
+#if defined(__AVX512F__)
+  __m512 v = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  f32x16 out; std::memcpy(&out, &v, sizeof out); return out;
+#elif defined(__F16C__)
+  __m256 lo = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  __m256 hi = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 8)));
+  f32x16 out; std::memcpy(&out, &lo, 32); std::memcpy(reinterpret_cast<char*>(&out) + 32, &hi, 32); return out;
+#else
+  f16x16 h; std::memcpy(&h, p, sizeof h);  // GCC converts lane by lane without F16C
   return __builtin_convertvector(h, f32x16);
+#endif
 }
 static inline f32x16 load16(const bf16* p) {
   u16x16 h; std::memcpy(&h, p, sizeof h);
@@ -204,4 +221,29 @@ extern "C" int SmallBatchLinear(int nparam, void** params, int* ndims, int64_t**
   if (std::strcmp(dtypes[0], "float32") == 0) return linear_for_weight<float>(dtypes[1], params, M, N, K);
   if (std::strcmp(dtypes[0], "float16") == 0) return linear_for_weight<_Float16>(dtypes[1], params, M, N, K);
   return 2;
+}
+
+static size_t element_size(const char* dtype) {
+  if (std::strcmp(dtype, "bfloat16") == 0 || std::strcmp(dtype, "float16") == 0) return 2;
+  if (std::strcmp(dtype, "float32") == 0) return 4;
+  return 0;
+}
+
+// out[i, :] = table[ids[i], :]; inputs table [V, H] and int32 ids of any shape.
+extern "C" int GatherRows(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
+                          void* stream, void* extra) {
+  (void)stream; (void)extra;
+  if (nparam != 3 || ndims[0] != 2 || std::strcmp(dtypes[1], "int32") != 0) return 1;
+  const size_t row_bytes = static_cast<size_t>(shapes[0][1]) * element_size(dtypes[0]);
+  if (row_bytes == 0) return 2;
+  int64_t count = 1;
+  for (int d = 0; d < ndims[1]; ++d) count *= shapes[1][d];
+  const char* table = static_cast<const char*>(params[0]);
+  const int32_t* ids = static_cast<const int32_t*>(params[1]);
+  char* out = static_cast<char*>(params[2]);
+  for (int64_t i = 0; i < count; ++i) {
+    if (ids[i] < 0 || ids[i] >= shapes[0][0]) return 3;  // MindSpore raises on a non-zero return
+    std::memcpy(out + i * row_bytes, table + static_cast<int64_t>(ids[i]) * row_bytes, row_bytes);
+  }
+  return 0;
 }

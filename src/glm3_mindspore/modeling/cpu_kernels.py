@@ -1,21 +1,24 @@
-"""A CPU kernel for linear layers applied to a few rows: the matmuls of decoding.
+"""CPU kernels of our own, compiled once per machine, run as ``ops.Custom`` ops.
 
-Why: decoding one token multiplies a handful of activation rows by every weight
+:func:`small_batch_linear` is for linear layers applied to a few rows, the
+matmuls of decoding. Why: decoding one token multiplies a handful of activation rows by every weight
 matrix, so its speed is the rate at which the weights stream from memory.
 MindSpore's CPU ``MatMul`` reads a ``[27392, 4096]`` fp32 weight at about
 18-20 GB/s on a 2-core Xeon for one row; a vectorised dot-product kernel reads
-it at about 28 GB/s (the machine's OpenBLAS: 31). The kernel,
-``csrc/small_batch_linear.cc``, is compiled once per machine with the host's
-C++ compiler into the user's cache and runs as an ahead-of-time
-``ops.Custom`` op, so it sits inside the compiled decode graph like any other
-op. It also reads fp16 and bf16 weights directly, so a bf16 checkpoint decodes
-without casting every weight to fp32 each step.
+it at about 28 GB/s (the machine's OpenBLAS: 31). The kernels,
+``csrc/cpu_kernels.cc``, are compiled once per machine with the host's C++
+compiler into the user's cache and run as ahead-of-time ``ops.Custom`` ops, so
+they sit inside compiled graphs like any other op. The linear kernel also
+reads fp16 and bf16 weights directly, so a bf16 checkpoint decodes without
+casting every weight to fp32 each step; :func:`gather_rows` looks embeddings
+up in a bf16 table, which MindSpore's CPU ``Gather`` cannot do inside a graph
+(and outside one does only after copying the whole table).
 
 Used on CPU only, in inference (training graphs keep ``MatMul``), for at most
 :data:`MAX_ROWS` rows: beyond that the product is compute-bound and
 MindSpore's GEMM wins. Without a compiler, or with ``GLM3_CPU_KERNELS=0``,
-:func:`small_batch_linear` returns None and layers use ``MatMul``: the same
-results within float rounding, slower.
+both functions return None and layers use MindSpore's ops: the same results
+within float rounding, slower.
 """
 
 from __future__ import annotations
@@ -38,14 +41,13 @@ from ..runtime import device_target
 logger = logging.getLogger(__name__)
 
 MAX_ROWS = 8  # measured crossover: at 16 rows MatMul is as fast or faster on 4096-wide weights
-SOURCE = Path(__file__).with_name("csrc") / "small_batch_linear.cc"
-ENTRY_POINT = "SmallBatchLinear"
+SOURCE = Path(__file__).with_name("csrc") / "cpu_kernels.cc"
 COMPILE_FLAGS = ("-O3", "-march=native", "-pthread", "-std=c++17", "-shared", "-fPIC")
 SWITCH = "GLM3_CPU_KERNELS"
 
 
 class KernelBuildError(RuntimeError):
-    """The C++ compiler could not build the kernel; the message carries its output."""
+    """The C++ compiler could not build the kernels; the message carries its output."""
 
 
 def cache_dir() -> Path:
@@ -55,7 +57,7 @@ def cache_dir() -> Path:
 
 
 def find_compiler() -> Optional[str]:
-    """``$CXX`` if set, else ``g++`` on PATH (the kernel uses GCC vector extensions)."""
+    """``$CXX`` if set, else ``g++`` on PATH (the kernels use GCC vector extensions)."""
     return os.environ.get("CXX") or shutil.which("g++")
 
 
@@ -74,7 +76,7 @@ def _compiler_version(compiler: str) -> str:
     return done.stdout
 
 
-def build_kernel(compiler: str, directory: Path) -> Path:
+def build_library(compiler: str, directory: Path) -> Path:
     """Compile :data:`SOURCE` into ``directory`` (once per source, compiler and CPU) and return the library.
 
     Written to a temporary name and renamed, so concurrent processes (``msrun``
@@ -84,7 +86,7 @@ def build_kernel(compiler: str, directory: Path) -> Path:
     key = hashlib.sha256(b"\0".join([
         source, " ".join(COMPILE_FLAGS).encode(), _compiler_version(compiler).encode(), _host_identity().encode(),
     ])).hexdigest()[:16]
-    library = directory / f"small_batch_linear-{key}.so"
+    library = directory / f"cpu_kernels-{key}.so"
     if library.exists():
         return library
     directory.mkdir(parents=True, exist_ok=True)
@@ -109,25 +111,37 @@ def _backward(x, weight, out, dout):
     return dx, dweight
 
 
-def make_op(library: Path) -> ops.Custom:
-    """The Custom op ``(x [M, K], w [N, K]) -> x W^T [M, N]`` in ``x``'s dtype."""
-    return ops.Custom(f"{library}:{ENTRY_POINT}", out_shape=lambda x, w: (x[0], w[0]),
-                      out_dtype=lambda x, w: x, func_type="aot", bprop=_backward)
-
-
 @functools.lru_cache(maxsize=None)
-def small_batch_linear() -> Optional[ops.Custom]:
-    """The kernel op on CPU, built on first use; None where it does not apply or cannot be built (warns once)."""
+def library() -> Optional[Path]:
+    """The compiled kernels on CPU, built on first use; None where they do not apply or cannot be built (warns once)."""
     if device_target() != "CPU" or os.environ.get(SWITCH, "1") == "0":
         return None
     compiler = find_compiler()
     if compiler is None:
         logger.warning("no C++ compiler (g++) found: CPU decoding uses MindSpore's MatMul, which streams weights "
-                       "about 1.4x slower; install g++ to build the small-batch kernel (set %s=0 to silence)", SWITCH)
+                       "about 1.4x slower; install g++ to build glm3_mindspore's CPU kernels (set %s=0 to silence)",
+                       SWITCH)
         return None
     try:
-        return make_op(build_kernel(compiler, cache_dir()))
-    except (OSError, subprocess.SubprocessError, KernelBuildError, TypeError) as err:
-        logger.warning("small-batch CPU kernel unavailable, using MatMul (set %s=0 to silence): %s", SWITCH, err)
+        return build_library(compiler, cache_dir())
+    except (OSError, subprocess.SubprocessError, KernelBuildError) as err:
+        logger.warning("CPU kernels unavailable, using MindSpore's ops (set %s=0 to silence): %s", SWITCH, err)
         return None
 
+
+def small_batch_linear() -> Optional[ops.Custom]:
+    """``(x [M, K], w [N, K]) -> x W^T [M, N]`` in ``x``'s dtype (fp32/fp16 x; fp32/fp16/bf16 w), or None."""
+    path = library()
+    if path is None:
+        return None
+    return ops.Custom(f"{path}:SmallBatchLinear", out_shape=lambda x, w: (x[0], w[0]),
+                      out_dtype=lambda x, w: x, func_type="aot", bprop=_backward)
+
+
+def gather_rows() -> Optional[ops.Custom]:
+    """``(table [V, H], int32 ids [...]) -> rows [..., H]`` in the table's dtype (no gradient), or None."""
+    path = library()
+    if path is None:
+        return None
+    return ops.Custom(f"{path}:GatherRows", out_shape=lambda table, ids: tuple(ids) + (table[1],),
+                      out_dtype=lambda table, ids: table, func_type="aot")
