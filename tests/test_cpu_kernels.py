@@ -27,6 +27,11 @@ def _compiled(op, x, w):
     return op(x, w)
 
 
+@ms.jit
+def _compiled_one(op, x):
+    return op(x)
+
+
 def _reference(x: Tensor, w: Tensor) -> np.ndarray:
     return x.astype(ms.float32).asnumpy().astype(np.float64) @ w.astype(ms.float32).asnumpy().astype(np.float64).T
 
@@ -94,6 +99,27 @@ def test_row_gather_copies_table_rows_exactly_and_refuses_unknown_ids(dtype):
     np.testing.assert_array_equal(rows.astype(ms.float32).asnumpy(), expected_rows)
     with pytest.raises(RuntimeError):
         sbl.gather_rows()(table, Tensor(np.array([[50]], np.int32))).asnumpy()
+
+
+@pytest.mark.parametrize("dtype", [ms.bfloat16, ms.float16])
+def test_widening_to_float32_is_exact(dtype):
+    values = Tensor(np.random.default_rng(5).standard_normal((3, 1037)).astype(np.float32)).astype(dtype)
+    widened = _compiled_one(sbl.widen_to_float32(), values)
+    assert widened.dtype == ms.float32 and widened.shape == (3, 1037)
+    np.testing.assert_array_equal(widened.asnumpy(), values.astype(ms.float32).asnumpy())
+
+
+def test_bf16_prompt_logits_are_the_same_with_the_widening_kernel(expected):
+    model = ChatGLM3ForConditionalGeneration.from_pretrained(TINY, ms_dtype="bfloat16")
+    ids = Tensor(expected["chat_input_ids"].astype(np.int32))
+    positions = Tensor(np.arange(ids.shape[1], dtype=np.int32)[None])
+    mask = Tensor(np.ones(ids.shape, np.int32))
+    widened = model(ids, positions, mask).logits.asnumpy()
+    for _, cell in model.cells_and_names():
+        if isinstance(cell, Linear):
+            assert cell.widen is not None
+            cell.widen = None
+    np.testing.assert_array_equal(model(ids, positions, mask).logits.asnumpy(), widened)
 
 
 def test_bf16_embeddings_are_looked_up_inside_the_decode_graph(expected):

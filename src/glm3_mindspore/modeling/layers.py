@@ -14,7 +14,7 @@ from mindspore.common.initializer import Normal, One, Zero, initializer
 
 from ..runtime import supports_bf16_compute
 from . import kernels
-from .cpu_kernels import MAX_ROWS, gather_rows, small_batch_linear
+from .cpu_kernels import MAX_ROWS, gather_rows, small_batch_linear, widen_to_float32
 
 INIT_STD = 0.02
 
@@ -23,7 +23,8 @@ class Linear(nn.Cell):
     """``y = x W^T (+ b)`` with ``W`` of shape ``[out, in]``, as in PyTorch checkpoints.
 
     In inference on CPU, products of at most ``MAX_ROWS`` rows (decoding) go
-    to the small-batch kernel, which reads the weight in its stored dtype.
+    to the small-batch kernel, which reads the weight in its stored dtype, and
+    16-bit weights are widened for ``MatMul`` by our kernel rather than ``Cast``.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False, dtype=ms.float32) -> None:
@@ -34,6 +35,7 @@ class Linear(nn.Cell):
         self.bias = Parameter(initializer(Zero(), (out_features,), dtype), name="bias") if bias else None
         self.matmul = ops.MatMul(transpose_b=True)
         self.small_batch_matmul = small_batch_linear()  # None off CPU or without a C++ compiler
+        self.widen = widen_to_float32() if dtype in (ms.float16, ms.bfloat16) else None
 
     def construct(self, x: Tensor) -> Tensor:
         shape = x.shape
@@ -41,11 +43,18 @@ class Linear(nn.Cell):
         if self.uses_small_batch_kernel(rows):
             y = self.small_batch_matmul(rows, self.weight)
         else:
-            weight = self.weight if self.weight.dtype == x.dtype else self.weight.astype(x.dtype)
-            y = self.matmul(rows, weight)
+            y = self.matmul(rows, self.weight_as(x.dtype))
         if self.bias is not None:
             y = y + (self.bias if self.bias.dtype == x.dtype else self.bias.astype(x.dtype))
         return y.reshape(shape[:-1] + (self.out_features,))
+
+    def weight_as(self, dtype) -> Tensor:
+        """The weight in the compute dtype: as stored, widened by our kernel (inference), or cast."""
+        if self.weight.dtype == dtype:
+            return self.weight
+        if self.widen is not None and not self.training and dtype == ms.float32:
+            return self.widen(self.weight)
+        return self.weight.astype(dtype)
 
     def uses_small_batch_kernel(self, rows: Tensor) -> bool:
         """Decided while tracing: shapes, dtypes and the training flag are constants of a compiled graph."""
