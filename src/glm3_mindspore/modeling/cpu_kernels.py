@@ -1,8 +1,9 @@
 """CPU kernels of our own, compiled once per machine, run as ``ops.Custom`` ops.
 
 :func:`small_batch_linear` is for linear layers applied to a few rows, the
-matmuls of decoding. Why: decoding one token multiplies a handful of activation rows by every weight
-matrix, so its speed is the rate at which the weights stream from memory.
+matmuls of decoding. Why: decoding one token multiplies a handful of
+activation rows by every weight matrix, so its speed is the rate at which the
+weights stream from memory.
 MindSpore's CPU ``MatMul`` reads a ``[27392, 4096]`` fp32 weight at about
 18-20 GB/s on a 2-core Xeon for one row; a vectorised dot-product kernel reads
 it at about 28 GB/s (the machine's OpenBLAS: 31). The kernels,
@@ -12,13 +13,13 @@ they sit inside compiled graphs like any other op. The linear kernel also
 reads fp16 and bf16 weights directly, so a bf16 checkpoint decodes without
 casting every weight to fp32 each step; :func:`gather_rows` looks embeddings
 up in a bf16 table, which MindSpore's CPU ``Gather`` cannot do inside a graph
-(and outside one does only after copying the whole table); :func:`widen_to_float32`
-casts bf16/fp16 weights to fp32 for prompts about ten times faster than
-MindSpore's CPU ``Cast``.
+(and outside one does only after copying the whole table);
+:func:`widen_to_float32` casts bf16/fp16 weights to fp32 for prompts at memory
+speed, several times faster than MindSpore's CPU ``Cast``.
 
-Used on CPU only, in inference (training graphs keep ``MatMul``), for at most
-:data:`MAX_ROWS` rows: beyond that the product is compute-bound and
-MindSpore's GEMM wins. Without a compiler, or with ``GLM3_CPU_KERNELS=0``,
+All are used on CPU only and in inference (training graphs keep MindSpore's
+ops); the linear kernel for at most :data:`MAX_ROWS` rows: beyond that the
+product is compute-bound and MindSpore's GEMM wins. Without a compiler, or with ``GLM3_CPU_KERNELS=0``,
 these functions return None and layers use MindSpore's ops: the same results
 within float rounding, slower.
 """
@@ -43,7 +44,7 @@ from ..runtime import device_target
 
 logger = logging.getLogger(__name__)
 
-MAX_ROWS = 8  # measured crossover: at 16 rows MatMul is as fast or faster on 4096-wide weights
+MAX_ROWS = 8  # measured crossover: at 16 rows MatMul wins on the largest weights (4096 x 27392: 34 vs 35 ms)
 SOURCE = Path(__file__).with_name("csrc") / "cpu_kernels.cc"
 COMPILE_FLAGS = ("-O3", "-march=native", "-pthread", "-std=c++17", "-shared", "-fPIC")
 SWITCH = "GLM3_CPU_KERNELS"
