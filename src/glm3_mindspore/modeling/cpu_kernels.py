@@ -123,8 +123,8 @@ def library() -> Optional[Path]:
     compiler = find_compiler()
     if compiler is None:
         logger.warning("no C++ compiler (g++) found: CPU decoding uses MindSpore's MatMul, which streams weights "
-                       "more slowly (up to 1.2x slower decoding measured); install g++ to build glm3_mindspore's CPU kernels (set %s=0 to silence)",
-                       SWITCH)
+                       "more slowly (up to 1.2x slower decoding measured); install g++ to build "
+                       "glm3_mindspore's CPU kernels (set %s=0 to silence)", SWITCH)
         return None
     try:
         return build_library(compiler, cache_dir())
