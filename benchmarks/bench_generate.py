@@ -338,7 +338,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--also-dtypes", type=lambda text: [x for x in text.split(",") if x], default=[],
                         help="comma list of float16, bfloat16: also time ours with these parameter dtypes")
     parser.add_argument("--compare-matmul", action="store_true",
-                        help="also time ours in float32 without the small-batch CPU kernel (GLM3_CPU_KERNELS=0)")
+                        help="also time ours in float32 without our CPU kernels (GLM3_CPU_KERNELS=0)")
     parser.add_argument("--work-dir", default=os.path.join(tempfile.gettempdir(), "glm3-bench-generate"),
                         help="checkpoints (reused between runs) and intermediate files")
     parser.add_argument("--torch-python", default=os.environ.get("GLM3_TORCH_PYTHON", "/work/venv-torch/bin/python"))

@@ -24,14 +24,9 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from .config import GenerationConfig
-from .logits import apply_temperature, apply_top_k, apply_top_p, process_scores
+from .logits import apply_processors, apply_warpers, log_softmax
 
 NEG_INF = np.float32(-1.0e9)  # Hugging Face's "impossible" score offset
-
-
-def log_softmax(scores: np.ndarray) -> np.ndarray:
-    shifted = scores - scores.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
 @dataclass
@@ -77,11 +72,12 @@ class BeamSearch:
         """
         B, K, cur = self.B, self.K, self.length
         rows = self.running.reshape(B * K, self.T)[:, :cur]
-        log_probs = process_scores(log_softmax(logits.astype(np.float32)), rows, _no_warping(self.config))
+        log_probs = apply_processors(log_softmax(logits.astype(np.float32)), rows, self.config)
         for processor in processors:
             log_probs = processor(rows, log_probs)
         if self.config.do_sample:
-            log_probs = _warp(log_probs, self.config, min_keep=max(2, len(self.eos_ids) + 1))
+            # as transformers 5.x: each beam keeps at least #eos + 1 tokens, so one that can go on is among them
+            log_probs = apply_warpers(log_probs, self.config, min_keep=max(2, len(self.eos_ids) + 1))
         vocab = log_probs.shape[-1]
         totals = (log_probs.reshape(B, K, vocab) + self.running_scores[:, :, None]).reshape(B, K * vocab)
         top_scores, top_index = self._candidates(totals)
@@ -163,19 +159,6 @@ def _best_of(kept: np.ndarray, added: np.ndarray, best: np.ndarray) -> np.ndarra
     """Entries ``best`` (per prompt) of ``kept`` followed by ``added`` along the beam axis."""
     index = best if kept.ndim == 2 else best[:, :, None]
     return np.take_along_axis(np.concatenate([kept, added], axis=1), index, axis=1)
-
-
-def _no_warping(config: GenerationConfig) -> GenerationConfig:
-    """Processors only (penalty, invalid-score guard): warpers are applied by :func:`_warp`."""
-    return config.update(do_sample=False) if config.do_sample else config
-
-
-def _warp(log_probs: np.ndarray, config: GenerationConfig, min_keep: int) -> np.ndarray:
-    """Temperature, top-k, top-p on each beam's log-probabilities, as transformers 5.x does; each beam
-    keeps at least ``min_keep`` (#eos + 1) tokens, so one that can go on is always among them."""
-    log_probs = apply_temperature(log_probs, config.temperature)
-    log_probs = apply_top_k(log_probs, config.top_k, min_keep)
-    return apply_top_p(log_probs, config.top_p, min_keep)
 
 
 def beam_search(decoder, prompt: np.ndarray, config: GenerationConfig, eos_ids: np.ndarray, pad_id: int,

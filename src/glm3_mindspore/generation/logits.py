@@ -75,15 +75,28 @@ def softmax(scores: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=-1, keepdims=True)
 
 
+def log_softmax(scores: np.ndarray) -> np.ndarray:
+    shifted = scores - scores.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def apply_processors(scores: np.ndarray, sequences: np.ndarray, config: GenerationConfig) -> np.ndarray:
+    """Repetition penalty, then upstream's invalid-score guard."""
+    scores = apply_repetition_penalty(scores.astype(np.float32, copy=False), sequences, config.repetition_penalty)
+    return guard_invalid_scores(scores)
+
+
+def apply_warpers(scores: np.ndarray, config: GenerationConfig, min_keep: int = 1) -> np.ndarray:
+    """Temperature, top-k, top-p; each row keeps at least ``min_keep`` tokens."""
+    scores = apply_temperature(scores, config.temperature)
+    scores = apply_top_k(scores, config.top_k, min_keep)
+    return apply_top_p(scores, config.top_p, min_keep)
+
+
 def process_scores(scores: np.ndarray, sequences: np.ndarray, config: GenerationConfig) -> np.ndarray:
     """Processors (always) then warpers (sampling only), in Hugging Face's order."""
-    scores = apply_repetition_penalty(scores.astype(np.float32, copy=False), sequences, config.repetition_penalty)
-    scores = guard_invalid_scores(scores)
-    if config.do_sample:
-        scores = apply_temperature(scores, config.temperature)
-        scores = apply_top_k(scores, config.top_k)
-        scores = apply_top_p(scores, config.top_p)
-    return scores
+    scores = apply_processors(scores, sequences, config)
+    return apply_warpers(scores, config) if config.do_sample else scores
 
 
 def choose_tokens(scores: np.ndarray, do_sample: bool, rng: Optional[np.random.Generator]) -> np.ndarray:
