@@ -181,20 +181,27 @@ class WorkerPool {
   uint64_t generation_ = 0;
 };
 
-template <int R, typename X, typename W>
-static void linear_blocked(const X* x, const W* w, X* y, int64_t M, int64_t N, int64_t K) {
-  const int64_t blocks = N / R;
+// Splits [0, count) into one contiguous range per thread (at most count) and
+// runs range(first, last, is_last_range) for each on the pool.
+template <typename F>
+static void parallel_ranges(int64_t count, F range) {
   WorkerPool& pool = WorkerPool::instance();
-  const int parts = static_cast<int>(std::min<int64_t>(pool.parts(), std::max<int64_t>(blocks, 1)));
+  const int parts = static_cast<int>(std::min<int64_t>(pool.parts(), std::max<int64_t>(count, 1)));
   auto part = [&](int index) {
-    if (index >= parts) return;
-    const int64_t first = blocks * index / parts, last = blocks * (index + 1) / parts;
-    for (int64_t b = first; b < last; ++b) column_block<R>(x, w, y, M, N, K, b * R);
-    if (index == parts - 1)
-      for (int64_t n = blocks * R; n < N; ++n) column_block<1>(x, w, y, M, N, K, n);
+    if (index < parts) range(count * index / parts, count * (index + 1) / parts, index == parts - 1);
   };
   if (parts > 1) pool.run(part);
   else part(0);
+}
+
+template <int R, typename X, typename W>
+static void linear_blocked(const X* x, const W* w, X* y, int64_t M, int64_t N, int64_t K) {
+  const int64_t blocks = N / R;
+  parallel_ranges(blocks, [&](int64_t first, int64_t last, bool is_last) {
+    for (int64_t b = first; b < last; ++b) column_block<R>(x, w, y, M, N, K, b * R);
+    if (is_last)
+      for (int64_t n = blocks * R; n < N; ++n) column_block<1>(x, w, y, M, N, K, n);
+  });
 }
 
 // Eight weight rows per block suit one x row (more independent streams); four
@@ -254,20 +261,15 @@ extern "C" int GatherRows(int nparam, void** params, int* ndims, int64_t** shape
 
 template <typename T>
 static void widen(const T* in, float* out, int64_t count) {
-  WorkerPool& pool = WorkerPool::instance();
   const int64_t chunks = count / 16;
-  const int parts = static_cast<int>(std::min<int64_t>(pool.parts(), std::max<int64_t>(chunks, 1)));
-  auto part = [&](int index) {
-    if (index >= parts) return;
-    for (int64_t c = chunks * index / parts, last = chunks * (index + 1) / parts; c < last; ++c) {
+  parallel_ranges(chunks, [&](int64_t first, int64_t last, bool is_last) {
+    for (int64_t c = first; c < last; ++c) {
       f32x16 v = load16(in + c * 16);
       std::memcpy(out + c * 16, &v, sizeof v);
     }
-    if (index == parts - 1)
+    if (is_last)
       for (int64_t i = chunks * 16; i < count; ++i) out[i] = to_f32(in[i]);
-  };
-  if (parts > 1) pool.run(part);
-  else part(0);
+  });
 }
 
 // out = float32(in) for a bf16 or fp16 tensor of any shape.
