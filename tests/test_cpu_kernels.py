@@ -1,127 +1,179 @@
-"""Our CPU kernels: small-batch linear exact for every dtype pair, bf16 row gather exact, used where they should be, built safely."""
+"""Our CPU kernels: every weight format exact against float64 on both product paths, used where they should be, built safely."""
 
 import logging
 import os
+import shutil
 
 import mindspore as ms
 import numpy as np
 import pytest
-from mindspore import Tensor
+from mindspore import Tensor, ops
 
 from glm3_mindspore import ChatGLM3ForConditionalGeneration
-from glm3_mindspore.modeling import cpu_kernels as sbl
-from glm3_mindspore.modeling.layers import Embedding, Linear
+from glm3_mindspore.modeling import cpu_kernels
+from glm3_mindspore.modeling.cpu_kernels import build
+from glm3_mindspore.modeling.layers import Embedding, Linear, QuantizedLinear
+from glm3_mindspore.quantization import dequantize, quantize
 from conftest import TINY
 
 CHAT_STOP = [2, 64795, 64797]
 
-pytestmark = pytest.mark.skipif(sbl.library() is None, reason="no C++ compiler: the kernels are not built")
+needs_kernels = pytest.mark.skipif(shutil.which("g++") is None and not os.environ.get("CXX"),
+                                   reason="no C++ compiler on this machine: the kernels cannot be built")
+
+STREAMING = cpu_kernels.Tuning(stream_max_rows=64, rows_per_block_one=4)
+BLOCKED = cpu_kernels.Tuning(stream_max_rows=0, rows_per_block_one=4)
 
 
-def _kernel():
-    return sbl.small_batch_linear()
+@pytest.fixture
+def path_choice():
+    """Sets the product path for a test and restores the measured choices afterwards."""
+    measured = cpu_kernels.tuning()
+    yield cpu_kernels.configure
+    cpu_kernels.configure(measured)
 
 
 @ms.jit
-def _compiled(op, x, w):
-    return op(x, w)
+def _compiled(op, *args):
+    return op(*args)
 
 
-@ms.jit
-def _compiled_one(op, x):
-    return op(x)
+DENSE = ("float32", "float16", "bfloat16")
 
 
-def _reference(x: Tensor, w: Tensor) -> np.ndarray:
-    return x.astype(ms.float32).asnumpy().astype(np.float64) @ w.astype(ms.float32).asnumpy().astype(np.float64).T
+def _op(fmt: str):
+    return cpu_kernels.linear("dense" if fmt in DENSE else fmt.split("-")[0])
 
 
-@pytest.mark.parametrize("x_dtype,w_dtype", [
-    (ms.float32, ms.float32), (ms.float32, ms.float16), (ms.float32, ms.bfloat16),
-    (ms.float16, ms.float16), (ms.float16, ms.float32), (ms.float16, ms.bfloat16),
-])
-@pytest.mark.parametrize("rows", [1, 2, 3, 5, 8])
-def test_kernel_matches_float64_products_for_every_dtype_pair(x_dtype, w_dtype, rows):
-    rng = np.random.default_rng(rows)
-    # 37 output features and 70 inputs: neither a multiple of the 4- or 8-row blocks nor of the 16-lane vectors
-    x = Tensor(rng.standard_normal((rows, 70)).astype(np.float32)).astype(x_dtype)
-    w = Tensor(rng.standard_normal((37, 70)).astype(np.float32)).astype(w_dtype)
-    out = _kernel()(x, w)
-    assert out.dtype == x_dtype and out.shape == (rows, 37)
-    reference = _reference(x, w)
-    # fp32 results: summation-order rounding only; fp16 results: one rounding of the fp32 sum to fp16
-    tolerance = 2e-5 if x_dtype == ms.float32 else 1e-3
-    scale = np.abs(reference).max()
-    assert np.abs(out.astype(ms.float32).asnumpy() - reference).max() <= tolerance * scale
-    np.testing.assert_array_equal(_compiled(_kernel(), x, w).asnumpy(), out.asnumpy())  # graph == PyNative
+def _weights(fmt: str, rows: int, cols: int, seed: int):
+    """``(kernel inputs after x, float64 reference weight)`` for a weight format."""
+    w = np.random.default_rng(seed).standard_normal((rows, cols)).astype(np.float32)
+    if fmt in DENSE:
+        tensor = Tensor(w).astype(getattr(ms, fmt))
+        return (tensor,), tensor.astype(ms.float32).asnumpy().astype(np.float64)
+    bits, group = (8, 128) if fmt == "int8" else (4, int(fmt.split("-g")[1]))
+    q, scale = quantize(bits, w, group)
+    return (Tensor(q), Tensor(scale)), dequantize(bits, q, scale, cols).astype(np.float64)
 
 
-def test_kernel_handles_wide_and_long_weights():
-    rng = np.random.default_rng(0)
-    x = Tensor(rng.standard_normal((1, 4096)).astype(np.float32))
-    w = Tensor(rng.standard_normal((2053, 4096)).astype(np.float32))  # two threads' shares plus a ragged tail
-    out = _compiled(_kernel(), x, w).asnumpy()
-    assert np.abs(out - _reference(x, w)).max() <= 2e-5 * np.abs(_reference(x, w)).max()
+FORMATS = ["float32", "float16", "bfloat16", "int8", "int4-g16", "int4-g32"]
 
 
-def test_linear_uses_the_kernel_for_few_rows_in_inference_only():
+def _int8_activations(x: np.ndarray, width: int) -> np.ndarray:
+    """``x`` as the int4 decoding product sees it: int8 per block of 32 (scale max|x| / 127), zero-padded."""
+    padded = np.zeros((x.shape[0], width), np.float32)
+    padded[:, :x.shape[1]] = x
+    blocks = padded.reshape(x.shape[0], -1, 32)
+    scale = (np.abs(blocks).max(axis=-1) / np.float32(127)).astype(np.float32)[..., None]
+    values = np.where(scale > 0, np.rint(blocks / np.where(scale > 0, scale, 1)), 0)
+    return (values * scale).reshape(x.shape[0], width)
+
+
+@needs_kernels
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("x_dtype", [ms.float32, ms.float16], ids=["x32", "x16"])
+@pytest.mark.parametrize("path", [STREAMING, BLOCKED], ids=["streaming", "blocked"])
+def test_every_weight_format_matches_float64_products_on_both_paths(fmt, x_dtype, path, path_choice):
+    path_choice(path)
+    op = _op(fmt)
+    # 37 outputs x 70 inputs: no multiple of the tiles, the 8/16 lanes, nor (for int4) of the group
+    weight_inputs, reference_w = _weights(fmt, 37, 70, seed=len(fmt))
+    for rows in (1, 2, 3, 5, 8, 13):
+        x = Tensor(np.random.default_rng(rows).standard_normal((rows, 70)).astype(np.float32)).astype(x_dtype)
+        out = op(x, *weight_inputs)
+        assert out.dtype == x_dtype and out.shape == (rows, 37)
+        reference = x.astype(ms.float32).asnumpy().astype(np.float64) @ reference_w.T
+        # fp32 results: summation-order rounding only; fp16 results: one rounding of the fp32 sum to fp16
+        tolerance = 2e-6 if x_dtype == ms.float32 else 1e-3
+        assert np.abs(out.astype(ms.float32).asnumpy() - reference).max() <= tolerance * np.abs(reference).max()
+        np.testing.assert_array_equal(_compiled(op, x, *weight_inputs).asnumpy(), out.asnumpy())  # graph == PyNative
+
+
+@needs_kernels
+@pytest.mark.parametrize("group", [64, 128])
+def test_int4_decoding_multiplies_int8_activations_exactly(group, path_choice):
+    """Groups of a multiple of 64 decode with int8 activations (blocks of 32): exact against that arithmetic."""
+    path_choice(STREAMING)
+    w = np.random.default_rng(group).standard_normal((37, 200)).astype(np.float32)
+    q, scale = quantize(4, w, group)
+    width = q.shape[1] * 2
+    weight = dequantize(4, q, scale, width).astype(np.float64)
+    for rows in (1, 2, 5, 8):
+        x = np.random.default_rng(rows).standard_normal((rows, 200)).astype(np.float32)
+        out = cpu_kernels.linear("int4")(Tensor(x), Tensor(q), Tensor(scale)).asnumpy()
+        exact = _int8_activations(x, width).astype(np.float64) @ weight.T
+        assert np.abs(out - exact).max() <= 2e-6 * np.abs(exact).max()
+        unquantized = x.astype(np.float64) @ weight[:, :200].T  # what int8 activations cost
+        assert np.abs(out - unquantized).max() <= 0.02 * np.abs(unquantized).max()
+
+
+@needs_kernels
+@pytest.mark.parametrize("fmt", ["bfloat16", "int8", "int4-g32"])
+@pytest.mark.parametrize("path", [STREAMING, BLOCKED], ids=["streaming", "blocked"])
+def test_wide_weights_split_over_threads_with_a_ragged_tail(fmt, path, path_choice):
+    path_choice(path)
+    op = _op(fmt)
+    weight_inputs, reference_w = _weights(fmt, 2053, 1000, seed=3)  # two threads' shares plus a ragged tail
+    x = Tensor(np.random.default_rng(0).standard_normal((3, 1000)).astype(np.float32))
+    reference = x.asnumpy().astype(np.float64) @ reference_w.T
+    assert np.abs(op(x, *weight_inputs).asnumpy() - reference).max() <= 5e-6 * np.abs(reference).max()
+
+
+@needs_kernels
+def test_sixteen_lane_build_gives_the_same_products(tmp_path):
+    """The AVX-512 hosts' 16-lane code, built here with GLM3_VL=16 (emulated on narrower vectors)."""
+    path = build.build_library(build.find_compiler(), tmp_path, build.COMPILE_FLAGS + ("-DGLM3_VL=16",))
+    assert build.open_library(path).glm3_vector_lanes() == 16
+    x = Tensor(np.random.default_rng(7).standard_normal((5, 200)).astype(np.float32))
+    for fmt, entry in (("float16", "LinearDense"), ("bfloat16", "LinearDense"), ("int8", "LinearInt8"),
+                       ("int4-g32", "LinearInt4")):  # (int4 in groups of 64 and more: the same AVX2 code)
+        weight_inputs, reference_w = _weights(fmt, 41, 200, seed=11)
+        op = ops.Custom(f"{path}:{entry}", out_shape=lambda x, *w: (x[0], w[0][0]),
+                        out_dtype=lambda x, *w: x, func_type="aot")
+        reference = x.asnumpy().astype(np.float64) @ reference_w.T
+        assert np.abs(op(x, *weight_inputs).asnumpy() - reference).max() <= 2e-6 * np.abs(reference).max(), fmt
+
+
+@needs_kernels
+def test_linear_uses_the_kernel_in_inference_and_matmul_in_training():
     layer = Linear(70, 37, bias=True)
     layer.bias.set_data(Tensor(np.linspace(-1, 1, 37, dtype=np.float32)))
-    few = Tensor(np.random.default_rng(1).standard_normal((2, 3, 70)).astype(np.float32))
-    many = Tensor(np.random.default_rng(2).standard_normal((3, 3, 70)).astype(np.float32))
-    assert layer.uses_small_batch_kernel(few.reshape(-1, 70))
-    assert not layer.uses_small_batch_kernel(many.reshape(-1, 70))  # 9 rows > MAX_ROWS: MatMul
-    with_kernel = layer(few).asnumpy()
+    x = Tensor(np.random.default_rng(1).standard_normal((2, 3, 70)).astype(np.float32))
+    assert layer.kernel is not None
+    layer.set_train(False)
+    with_kernel = layer(x).asnumpy()
     layer.set_train(True)
-    assert not layer.uses_small_batch_kernel(few.reshape(-1, 70))  # training graphs keep MatMul
-    with_matmul = layer(few).asnumpy()
+    with_matmul = layer(x).asnumpy()
     np.testing.assert_allclose(with_kernel, with_matmul, rtol=0, atol=2e-6)
 
 
+@needs_kernels
 def test_gradients_through_the_kernel_equal_matmul_gradients():
     layer = Linear(70, 37)
+    layer.set_train(False)
     x = Tensor(np.random.default_rng(3).standard_normal((4, 70)).astype(np.float32))
     grad = ms.grad(lambda inputs: (layer(inputs) ** 2).sum(), grad_position=0, weights=layer.trainable_params())
     dx_kernel, (dw_kernel,) = grad(x)
-    layer.small_batch_matmul = None
+    layer.kernel = None
     dx_matmul, (dw_matmul,) = grad(x)
     np.testing.assert_allclose(dx_kernel.asnumpy(), dx_matmul.asnumpy(), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(dw_kernel.asnumpy(), dw_matmul.asnumpy(), rtol=1e-5, atol=1e-5)
 
 
+@needs_kernels
 @pytest.mark.parametrize("dtype", [ms.bfloat16, ms.float16, ms.float32])
 def test_row_gather_copies_table_rows_exactly_and_refuses_unknown_ids(dtype):
     table = Tensor(np.random.default_rng(4).standard_normal((50, 33)).astype(np.float32)).astype(dtype)
     ids = Tensor(np.array([[3, 0, 49], [7, 7, 1]], np.int32))
-    rows = _compiled(sbl.gather_rows(), table, ids)
+    rows = _compiled(cpu_kernels.gather_rows(), table, ids)
     assert rows.dtype == dtype and rows.shape == (2, 3, 33)
     expected_rows = table.astype(ms.float32).asnumpy()[ids.asnumpy()]
     np.testing.assert_array_equal(rows.astype(ms.float32).asnumpy(), expected_rows)
     with pytest.raises(RuntimeError):
-        sbl.gather_rows()(table, Tensor(np.array([[50]], np.int32))).asnumpy()
+        cpu_kernels.gather_rows()(table, Tensor(np.array([[50]], np.int32))).asnumpy()
 
 
-@pytest.mark.parametrize("dtype", [ms.bfloat16, ms.float16])
-def test_widening_to_float32_is_exact(dtype):
-    values = Tensor(np.random.default_rng(5).standard_normal((3, 1037)).astype(np.float32)).astype(dtype)
-    widened = _compiled_one(sbl.widen_to_float32(), values)
-    assert widened.dtype == ms.float32 and widened.shape == (3, 1037)
-    np.testing.assert_array_equal(widened.asnumpy(), values.astype(ms.float32).asnumpy())
-
-
-def test_bf16_prompt_logits_are_the_same_with_the_widening_kernel(expected):
-    model = ChatGLM3ForConditionalGeneration.from_pretrained(TINY, ms_dtype="bfloat16")
-    ids = Tensor(expected["chat_input_ids"].astype(np.int32))
-    positions = Tensor(np.arange(ids.shape[1], dtype=np.int32)[None])
-    mask = Tensor(np.ones(ids.shape, np.int32))
-    widened = model(ids, positions, mask).logits.asnumpy()
-    for _, cell in model.cells_and_names():
-        if isinstance(cell, Linear):
-            assert cell.widen is not None
-            cell.widen = None
-    np.testing.assert_array_equal(model(ids, positions, mask).logits.asnumpy(), widened)
-
-
+@needs_kernels
 def test_bf16_embeddings_are_looked_up_inside_the_decode_graph(expected):
     model = ChatGLM3ForConditionalGeneration.from_pretrained(TINY, ms_dtype="bfloat16")
     embedding = model.transformer.embedding.word_embeddings
@@ -133,51 +185,91 @@ def test_bf16_embeddings_are_looked_up_inside_the_decode_graph(expected):
     assert model.generate(prompt, max_new_tokens=6, eos_token_id=[]).tolist() == compiled.tolist()
 
 
+@needs_kernels
 @pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "pynative"])
 def test_upstream_greedy_tokens_with_and_without_the_kernel(expected, compiled):
     model = ChatGLM3ForConditionalGeneration.from_pretrained(TINY, ms_dtype=ms.float32)
     linears = [cell for _, cell in model.cells_and_names() if isinstance(cell, Linear)]
-    assert linears and all(cell.small_batch_matmul is not None for cell in linears)
+    assert linears and all(cell.kernel is not None for cell in linears)
     prompt = expected["chat_input_ids"]
     for _ in ("kernel", "matmul"):
         out = model.generate(prompt, max_new_tokens=24, eos_token_id=CHAT_STOP, compiled=compiled)
         assert out[:, prompt.shape[1]:].tolist() == expected["chat_greedy_ids"].tolist()
         for cell in linears:
-            cell.small_batch_matmul = None
+            cell.kernel = None
         model.clear_generation_cache()
 
 
+@needs_kernels
 def test_build_is_cached_per_source_compiler_and_cpu(tmp_path):
-    compiler = sbl.find_compiler()
-    first = sbl.build_library(compiler, tmp_path)
+    compiler = build.find_compiler()
+    first = build.build_library(compiler, tmp_path)
     stamp = first.stat().st_mtime_ns
-    assert sbl.build_library(compiler, tmp_path) == first and first.stat().st_mtime_ns == stamp
+    assert build.build_library(compiler, tmp_path) == first and first.stat().st_mtime_ns == stamp
     assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no partial files left behind
+
+
+@needs_kernels
+def test_tuning_is_measured_once_then_read_back(tmp_path, monkeypatch):
+    path = build.build_library(build.find_compiler(), tmp_path)
+    measured = build.load_tuning(path, build.open_library(path))
+    stored = path.with_suffix(".tuning.json")
+    assert stored.exists() and measured.stream_max_rows >= 1 and measured.rows_per_block_one in (2, 4, 8)
+    monkeypatch.setattr(build, "measure_tuning", lambda lib: pytest.fail("measured again"))
+    assert build.load_tuning(path, build.open_library(path)) == measured
 
 
 def test_a_failing_compiler_is_reported_with_its_output(tmp_path):
     fake = tmp_path / "broken-g++"
     fake.write_text("#!/bin/sh\necho 'fatal: no room' >&2\nexit 1\n")
     fake.chmod(0o755)
-    with pytest.raises(sbl.KernelBuildError, match="no room"):
-        sbl.build_library(str(fake), tmp_path / "cache")
+    with pytest.raises(build.KernelBuildError, match="no room"):
+        build.build_library(str(fake), tmp_path / "cache")
     assert not any((tmp_path / "cache").iterdir())
 
 
-def test_without_a_compiler_or_when_switched_off_layers_use_matmul(monkeypatch, caplog):
+@pytest.fixture
+def no_compiler(monkeypatch):
+    """This process as on a machine without g++ (the kernels reload afterwards)."""
+    monkeypatch.setattr(cpu_kernels, "find_compiler", lambda: None)
+    cpu_kernels.reset()
+    yield
+    monkeypatch.undo()
+    cpu_kernels.reset()
+
+
+def test_without_a_compiler_layers_warn_once_and_use_mindspore_ops(no_compiler, caplog):
+    with caplog.at_level(logging.WARNING, logger=cpu_kernels.__name__):
+        assert cpu_kernels.linear() is None and cpu_kernels.gather_rows() is None
+        assert Linear(8, 4).kernel is None
+    assert caplog.text.count("no C++ compiler") == 1
+    assert not Embedding(8, 4, dtype=ms.bfloat16).compiles_in_inference
+
+
+def test_switched_off_the_kernels_are_not_built(monkeypatch):
+    monkeypatch.setitem(os.environ, cpu_kernels.SWITCH, "0")
+    cpu_kernels.reset()
     try:
-        monkeypatch.setattr(sbl, "find_compiler", lambda: None)
-        sbl.library.cache_clear()
-        with caplog.at_level(logging.WARNING, logger=sbl.__name__):
-            assert sbl.small_batch_linear() is None and sbl.gather_rows() is None
-        assert "no C++ compiler" in caplog.text
-        assert Linear(8, 4).small_batch_matmul is None
-        assert not Embedding(8, 4, dtype=ms.bfloat16).compiles_in_inference
-        monkeypatch.undo()
-        monkeypatch.setitem(os.environ, sbl.SWITCH, "0")
-        sbl.library.cache_clear()
-        assert sbl.small_batch_linear() is None
+        assert cpu_kernels.linear() is None and not cpu_kernels.available()
     finally:
         monkeypatch.undo()
-        sbl.library.cache_clear()
-    assert sbl.small_batch_linear() is not None
+        cpu_kernels.reset()
+
+
+def test_without_a_compiler_the_model_still_gives_upstream_tokens(no_compiler, expected):
+    model = ChatGLM3ForConditionalGeneration.from_pretrained(TINY, ms_dtype=ms.float32)
+    prompt = expected["chat_input_ids"]
+    out = model.generate(prompt, max_new_tokens=24, eos_token_id=CHAT_STOP)
+    assert out[:, prompt.shape[1]:].tolist() == expected["chat_greedy_ids"].tolist()
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_without_a_compiler_quantized_layers_dequantize_with_mindspore_ops(no_compiler, bits):
+    w = np.random.default_rng(9).standard_normal((37, 70)).astype(np.float32)
+    layer = QuantizedLinear(70, 37, bits, group_size=32)
+    assert layer.kernel is None
+    layer.load_float_weight(w)
+    q, scale = quantize(bits, w, 32)
+    x = np.random.default_rng(10).standard_normal((3, 70)).astype(np.float32)
+    reference = x.astype(np.float64) @ dequantize(bits, q, scale, 70).astype(np.float64).T
+    assert np.abs(layer(Tensor(x)).asnumpy() - reference).max() <= 2e-6 * np.abs(reference).max()

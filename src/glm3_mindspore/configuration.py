@@ -11,10 +11,11 @@ import copy
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, Union
+from typing import Any, Dict, Optional, Union
 
 from .fileio import atomic_write_text, read_json_object
 from .hub import HubOptions, resolve_file
+from .quantization import QuantizationConfig, QuantizationError
 
 CONFIG_NAME = "config.json"
 
@@ -44,6 +45,7 @@ _FIELDS: Dict[str, tuple] = {
     "attention_softmax_in_fp32": (True, bool),
     "fp32_residual_connection": (False, bool),
     "quantization_bit": (0, int),
+    "quantization_config": (None, (dict, type(None))),  # Hugging Face's field: the quantized format (quantization.py)
     "pre_seq_len": (None, (int, type(None))),
     "prefix_projection": (False, bool),
     # PretrainedConfig fields upstream relies on
@@ -126,6 +128,15 @@ class ChatGLM3Config:
         return self.num_layers
 
     @property
+    def quantization(self) -> Optional[QuantizationConfig]:
+        """How the linear layers are quantized (``quantization_bit`` / ``quantization_config``), or None."""
+        if not self.quantization_bit and self.quantization_config is None:
+            return None
+        values = dict(self.quantization_config or {})
+        values.setdefault("bits", self.quantization_bit)
+        return QuantizationConfig.from_dict(values)
+
+    @property
     def eos_token_ids(self) -> list:
         ids = self.eos_token_id
         return list(ids) if isinstance(ids, (list, tuple)) else [ids]
@@ -161,6 +172,13 @@ class ChatGLM3Config:
             raise ConfigError(f"config field 'pre_seq_len' must be a positive int or null, got {self.pre_seq_len}")
         if self.quantization_bit not in (0, 4, 8):
             raise ConfigError(f"config field 'quantization_bit' must be 0, 4 or 8, got {self.quantization_bit}")
+        try:
+            quantization = self.quantization
+        except QuantizationError as exc:
+            raise ConfigError(f"config field 'quantization_config': {exc}") from None
+        if quantization is not None and self.quantization_bit not in (0, quantization.bits):
+            raise ConfigError(f"config fields disagree: quantization_bit={self.quantization_bit} but "
+                              f"quantization_config has bits={quantization.bits}")
 
     # ------------------------------------------------------------ serialising
     def to_dict(self) -> Dict[str, Any]:

@@ -13,7 +13,7 @@ def numpy_dtype(dtype):
 
         return bfloat16
     return {ms.float32: np.float32, ms.float16: np.float16, ms.int32: np.int32, ms.int64: np.int64,
-            ms.bool_: np.bool_}[dtype]
+            ms.int8: np.int8, ms.uint8: np.uint8, ms.bool_: np.bool_}[dtype]
 
 
 def write_parameter(param, value) -> None:

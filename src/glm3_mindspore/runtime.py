@@ -8,7 +8,9 @@ no environment variables, no global dtype, no execution mode.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from typing import Iterator
 
 import mindspore as ms
 
@@ -39,3 +41,23 @@ def configure_host() -> None:
 def supports_bf16_compute() -> bool:
     """MindSpore's CPU backend has no bfloat16 matmul or gather kernels; Ascend and GPU have them."""
     return device_target() != "CPU"
+
+
+@contextlib.contextmanager
+def op_by_op() -> Iterator[None]:
+    """Run model calls op by op (PyNative) inside the block, whatever mode the caller set.
+
+    MindFormers-style scripts set ``GRAPH_MODE`` globally, and in it every
+    ``Cell`` call compiles a graph, which keeps all its intermediates alive for
+    its whole run. Code that must free them as it goes (prompts) runs here;
+    ``mindspore.jit`` functions stay compiled either way.
+    """
+    mode = ms.get_context("mode")
+    if mode == ms.PYNATIVE_MODE:
+        yield
+        return
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    try:
+        yield
+    finally:
+        ms.set_context(mode=mode)

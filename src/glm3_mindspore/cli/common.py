@@ -10,8 +10,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument("--model", required=True, help="model folder, hub repo id, or MindFormers-style YAML")
     group.add_argument("--tokenizer", help="tokenizer folder/file/hub id (default: the model's)")
-    group.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16", "auto"],
-                       help="parameter dtype (bfloat16 computes in float32 on CPU); default float32")
+    group.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16", "auto"],
+                       help="parameter dtype (bfloat16 computes in float32 on CPU); default float32, "
+                            "or the checkpoint's for a quantized model")
+    group.add_argument("--quantize", choices=["int8", "int4"],
+                       help="quantize the linear layers while loading (weight-only)")
     group.add_argument("--revision", help="hub revision (branch, tag or commit)")
     group.add_argument("--no-compile", action="store_true", help="run op by op (PyNative) instead of compiled graphs")
 
@@ -48,5 +51,7 @@ def load_model_and_tokenizer(args: argparse.Namespace):
 
     options = {"revision": args.revision} if args.revision else {}
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model, **options)
+    if args.quantize:
+        options["quantization_bit"] = int(args.quantize[3:])
     model = AutoModelForCausalLM.from_pretrained(args.model, ms_dtype=args.dtype, **options)
     return model, tokenizer

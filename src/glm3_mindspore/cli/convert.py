@@ -6,6 +6,10 @@ stays near one output shard; the model itself is never built.
 
     glm3 convert --src THUDM/chatglm3-6b --dst glm3_6b.ckpt --to ckpt
     glm3 convert --src glm3_6b.ckpt --config THUDM/chatglm3-6b --dst chatglm3-6b-st --to safetensors --dtype bf16
+    glm3 convert --src THUDM/chatglm3-6b --dst chatglm3-6b-int4 --to safetensors --quantize int4
+
+``--quantize`` quantizes the linear layers as they stream
+(:mod:`glm3_mindspore.quantization`); the folder loads with ``from_pretrained``.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from ..quantization import DEFAULT_GROUP_SIZE, QuantizationConfig, QuantizationError, quantize_tensors
 from . import CliError
 
 # Hub files that travel with the weights (data only; the .py files are copied, never run).
@@ -36,6 +41,10 @@ def register(subparsers) -> None:
     parser.add_argument("--to", required=True, choices=("ckpt", "safetensors"), help="output format")
     parser.add_argument("--dtype", choices=sorted(_DTYPE_NAMES), help="cast floating-point weights to this dtype")
     parser.add_argument("--max-shard-size", default="5GB", help="safetensors shard size (default 5GB)")
+    parser.add_argument("--quantize", choices=("int8", "int4"),
+                        help="quantize the linear layers (weight-only; --to safetensors)")
+    parser.add_argument("--group-size", type=int, default=DEFAULT_GROUP_SIZE,
+                        help=f"int4 values per scale (default {DEFAULT_GROUP_SIZE})")
     parser.add_argument("--names", choices=("mindformers", "hub"), default="mindformers",
                         help=".ckpt parameter names: MindFormers' (embedding_table, default) or the hub's")
     parser.add_argument("--config", help="folder or repo to take config.json and tokenizer files from "
@@ -51,9 +60,12 @@ def run(args) -> int:
 
     dst: Path = args.dst.expanduser()
     _check_destination(dst, args.to, args.overwrite)
+    quantization = _quantization(args)
     files = _weight_files(args.src)
     skipped: List[str] = []
     tensors = _cast(_read(files, skipped, progress=not args.no_progress), _DTYPE_NAMES.get(args.dtype or ""))
+    if quantization is not None:
+        tensors = quantize_tensors(tensors, quantization)
     if args.to == "ckpt":
         total = save_ckpt(dst, tensors, names=args.names)
         written = [dst]
@@ -61,13 +73,25 @@ def run(args) -> int:
         dst.mkdir(parents=True, exist_ok=True)
         written = write_weights(dst, tensors, max_shard_size=args.max_shard_size)
         total = sum(p.stat().st_size for p in written if p.suffix == ".safetensors")
-        _copy_companions(args.config or args.src, dst, _DTYPE_NAMES.get(args.dtype or ""))
+        _copy_companions(args.config or args.src, dst, _DTYPE_NAMES.get(args.dtype or ""), quantization)
     if skipped:
         print(f"skipped {len(skipped)} non-model entries (optimizer state / bookkeeping): "
               f"{', '.join(skipped[:6])}{' ...' if len(skipped) > 6 else ''}")
     print(f"wrote {total / 1e9:.2f} GB to {', '.join(str(p) for p in written[:3])}"
           f"{' ...' if len(written) > 3 else ''}")
     return 0
+
+
+def _quantization(args) -> Optional[QuantizationConfig]:
+    if args.quantize is None:
+        return None
+    if args.to != "safetensors":
+        raise CliError("--quantize writes a hub folder: use --to safetensors (MindFormers' .ckpt has no "
+                       "quantized format)")
+    try:
+        return QuantizationConfig(bits=int(args.quantize[3:]), group_size=args.group_size)
+    except QuantizationError as exc:
+        raise CliError(f"--group-size: {exc}") from None
 
 
 def _check_destination(dst: Path, to: str, overwrite: bool) -> None:
@@ -125,8 +149,9 @@ def _cast(tensors: Iterator[Tuple[str, np.ndarray]], dtype_name: Optional[str]) 
         yield name, array.astype(target) if floating and array.dtype != target else array
 
 
-def _copy_companions(source: str, dst: Path, dtype_name: Optional[str]) -> None:
-    """``config.json`` (``torch_dtype`` updated) and tokenizer / generation files from the source."""
+def _copy_companions(source: str, dst: Path, dtype_name: Optional[str],
+                     quantization: Optional[QuantizationConfig] = None) -> None:
+    """``config.json`` (``torch_dtype`` and quantization updated) and tokenizer / generation files from the source."""
     from ..fileio import atomic_copy, atomic_write_text
     from ..hub import resolve_file
 
@@ -138,6 +163,9 @@ def _copy_companions(source: str, dst: Path, dtype_name: Optional[str]) -> None:
         config = json.loads(config_file.read_text(encoding="utf-8"))
         if dtype_name:
             config["torch_dtype"] = dtype_name
+        if quantization is not None:
+            config.update(quantization_bit=quantization.bits, quantization_config=quantization.to_dict())
+            config.pop("auto_map", None)  # upstream's code cannot read the quantized format
         atomic_write_text(dst / "config.json", json.dumps(config, indent=2, ensure_ascii=False) + "\n")
     for name in COMPANION_FILES:
         found = resolve_file(where, name, required=False)

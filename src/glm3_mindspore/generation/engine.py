@@ -1,16 +1,24 @@
-"""Decoding with a static KV cache and compiled steps.
+"""Decoding with a static KV cache: prompts fed op by op in bounded chunks, then compiled steps.
 
 One :class:`DecodingEngine` serves one ``(batch, cache length)`` shape: it owns
 per-layer key/value buffers ``[B, G, L, D]`` (parameters, written in place by
-``scatter_nd_update``) and one step function. Compiled with ``mindspore.jit``,
-that function yields exactly two graphs per engine, prefill (the prompt,
-left-padded to a bucket of 32) and decode (one token); every shape is fixed, so
-nothing recompiles while tokens are generated. Without compilation the same
-function runs op by op (PyNative) and gives the same tokens.
+``scatter_nd_update``) and the step that writes into them.
+
+* Prompts run op by op (PyNative) in chunks whose attention scores stay under
+  :data:`PROMPT_SCORE_BYTES`; each chunk writes its keys and values into the
+  cache and reads only the filled slots. Op by op, every intermediate is freed
+  as soon as it is used: a compiled graph keeps all of its intermediates for
+  its whole run, which for a long prompt through the full 6B model is more
+  memory than the weights leave.
+* Decoding one token per row is compiled with ``mindspore.jit`` into one graph
+  per engine (every shape is fixed, so nothing recompiles while tokens are
+  generated), unless the model's products would widen 16-bit or quantized
+  weights inside it (no CPU kernels): then it runs op by op too.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from typing import Tuple
 
@@ -19,14 +27,24 @@ import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
 from ..parameter_io import write_parameter
+from ..runtime import op_by_op
 
-PROMPT_BUCKET = 32
+logger = logging.getLogger(__name__)
+
 CACHE_BUCKET = 256
 MAX_ENGINES = 2
+PROMPT_CHUNK = 512  # tokens per row and chunk: enough to keep the products compute-bound
+PROMPT_SCORE_BYTES = 256 * 2**20  # attention scores (and their softmax) of one prompt chunk
 
 
 def round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
+
+
+def prompt_chunk(batch: int, heads: int, keys: int) -> int:
+    """Tokens per chunk so that ``[B, heads, chunk, keys]`` fp32 scores, three live at once, fit the budget."""
+    fits = PROMPT_SCORE_BYTES // (3 * 4 * batch * heads * max(keys, 1))
+    return int(max(16, min(PROMPT_CHUNK, fits // 16 * 16)))
 
 
 class DecodingEngine(nn.Cell):
@@ -40,6 +58,7 @@ class DecodingEngine(nn.Cell):
         self.cache_length = cache_length
         self.is_compiled = compiled
         self.num_layers = config.num_layers
+        self.num_heads = config.num_attention_heads
         self.prefix_length = config.pre_seq_len or 0
         shape = (batch, config.num_key_value_groups, cache_length, config.kv_channels)
         dtype = model.compute_dtype
@@ -48,35 +67,50 @@ class DecodingEngine(nn.Cell):
             [Parameter(zeros(), name=f"kv_cache.{id(self)}.{i}.key", requires_grad=False) for i in range(self.num_layers)])
         self.value_cache = ms.ParameterTuple(
             [Parameter(zeros(), name=f"kv_cache.{id(self)}.{i}.value", requires_grad=False) for i in range(self.num_layers)])
-        self._step = ms.jit(self.step) if compiled else self.step
+        self.compiles_decoding = compiled and not model.inference_widens_weights()
+        if compiled and not self.compiles_decoding:
+            logger.info("decoding op by op: without the CPU kernels a compiled step would hold a widened copy "
+                        "of every 16-bit or quantized weight")
+        self._decode = ms.jit(self.step) if self.compiles_decoding else self.step
         self._reorder = ms.jit(self.reorder_rows) if compiled else self.reorder_rows
         # CPU has no compiled bfloat16 gather (without our kernels): look embeddings up op by op, feed them in.
-        self.embed_outside = compiled and not model.transformer.embedding.word_embeddings.compiles_in_inference
+        self.embed_outside = self.compiles_decoding and not model.transformer.embedding.word_embeddings.compiles_in_inference
 
     def step(self, input_ids, position_ids: Tensor, attention_mask: Tensor, cache_position: Tensor,
-             inputs_embeds=None, fresh_prompt: bool = False) -> Tensor:
-        """Run ``input_ids`` ``[B, S]`` at cache slots ``cache_position ..``; fp32 logits of the last one.
+             inputs_embeds=None) -> Tensor:
+        """Run ``input_ids`` ``[B, S]`` at cache slots ``cache_position ..`` reading slots ``[0, K)``.
 
-        ``fresh_prompt``: a first prompt, attending to itself (``attention_mask`` ``[B, S]``);
-        otherwise attention reads the whole cache (``attention_mask`` ``[B, L]``).
+        ``attention_mask`` ``[B, K]`` marks the readable slots that hold real
+        tokens. Returns fp32 logits of the last position.
         """
         kv_caches = [(self.key_cache[i], self.value_cache[i]) for i in range(self.num_layers)]
         logits = self.model(input_ids, position_ids, attention_mask, None, kv_caches, cache_position, True,
-                            inputs_embeds, fresh_prompt)[1]  # not "_, logits =": an unused element trips auto-monad
+                            inputs_embeds)[1]  # not "_, logits =": an unused element trips auto-monad
         return logits[:, -1].astype(ms.float32)
 
-    def run(self, input_ids: np.ndarray, position_ids: np.ndarray, mask: np.ndarray, cache_position: int,
-            fresh_prompt: bool = False) -> np.ndarray:
-        ids = Tensor(input_ids.astype(np.int32))
+    def prefill(self, input_ids: np.ndarray, position_ids: np.ndarray, mask: np.ndarray, start: int) -> np.ndarray:
+        """Feed a prompt ``[B, S]`` into slots ``start ..`` op by op, in chunks; logits of its last token.
+
+        ``mask`` ``[B, L]`` covers the whole cache; chunk ``c`` reads the slots up
+        to its own last one.
+        """
+        length = input_ids.shape[1]
+        chunk = prompt_chunk(self.batch, self.num_heads, start + length)
+        logits = None
+        with op_by_op():
+            for first in range(0, length, chunk):
+                last = min(length, first + chunk)
+                logits = self.step(Tensor(input_ids[:, first:last].astype(np.int32)),
+                                   Tensor(position_ids[:, first:last].astype(np.int32)),
+                                   Tensor(mask[:, :start + last].astype(np.int32)), Tensor(np.int32(start + first)))
+            return logits.asnumpy()
+
+    def decode(self, tokens: np.ndarray, positions: np.ndarray, mask: np.ndarray, cursor: int) -> np.ndarray:
+        """One token per row ``[B, 1]`` at slot ``cursor``, reading the whole cache; fp32 logits ``[B, V]``."""
+        ids = Tensor(tokens.astype(np.int32))
         embeds = self.model.transformer.embedding(ids) if self.embed_outside else None
-        logits = self._step(
-            None if self.embed_outside else ids,
-            Tensor(position_ids.astype(np.int32)),
-            Tensor(mask.astype(np.int32)),
-            Tensor(np.int32(cache_position)),
-            embeds,
-            fresh_prompt,
-        )
+        logits = self._decode(None if self.embed_outside else ids, Tensor(positions.astype(np.int32)),
+                              Tensor(mask.astype(np.int32)), Tensor(np.int32(cursor)), embeds)
         return logits.asnumpy()
 
     def reorder_rows(self, rows: Tensor) -> Tensor:

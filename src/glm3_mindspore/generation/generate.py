@@ -17,9 +17,10 @@ import mindspore as ms
 import numpy as np
 from mindspore import Tensor
 
+from ..runtime import op_by_op
 from .beam_search import beam_search
 from .config import GenerationConfig, GenerationConfigError
-from .engine import CACHE_BUCKET, PROMPT_BUCKET, DecodingEngine, EngineCache, round_up
+from .engine import CACHE_BUCKET, DecodingEngine, EngineCache, round_up
 from .logits import choose_tokens, process_scores
 
 logger = logging.getLogger(__name__)
@@ -215,29 +216,24 @@ class GenerationMixin:
 
 
 class _CachedDecoder:
-    """Prefill into a static cache, then one token per step; see :mod:`.engine`."""
+    """Prompt into a static cache, then one token per step; see :mod:`.engine`."""
 
     def __init__(self, model, engines: EngineCache, prompt, mask, positions, max_new, compiled, past) -> None:
         batch, length = prompt.shape
         self.prefix = model.config.pre_seq_len or 0
-        bucket = round_up(length, PROMPT_BUCKET) if compiled else length
-        pad = bucket - length
         start = past.length if past is not None else self.prefix
-        needed = start + bucket + max_new
-        engine = self._engine_for(model, engines, batch, needed, compiled, past)
+        engine = self._engine_for(model, engines, batch, start + length + max_new, compiled, past)
         self.engine = engine
         self.mask = np.ones((batch, engine.cache_length), dtype=np.int32)
         if past is not None:
             if past.mask.shape[0] != batch:
                 raise ValueError(f"past_key_values hold {past.mask.shape[0]} rows, input_ids {batch}")
             self.mask[:, : past.length] = past.mask[:, : past.length]
-        self.mask[:, start: start + pad] = 0
-        self.mask[:, start + pad: start + bucket] = mask
-        self.prompt = np.pad(prompt, ((0, 0), (pad, 0)))
-        self.prompt_positions = np.pad(positions, ((0, 0), (pad, 0)))
+        self.mask[:, start: start + length] = mask
+        self.prompt = prompt
+        self.prompt_positions = positions
         self.start = start
-        self.cursor = start + bucket
-        self.fresh = past is None
+        self.cursor = start + length
         self.positions = positions[:, -1].astype(np.int64) + 1 if length else np.zeros(batch, np.int64)
         self.past_tokens = (past.past_tokens if past is not None else 0) + int(mask.sum(axis=1).max())
 
@@ -253,10 +249,7 @@ class _CachedDecoder:
         return engine
 
     def first_logits(self) -> np.ndarray:
-        if self.fresh:  # nothing cached that the prompt reads: it attends to itself
-            prompt_mask = self.mask[:, self.start:self.cursor]
-            return self.engine.run(self.prompt, self.prompt_positions, prompt_mask, self.start, fresh_prompt=True)
-        return self.engine.run(self.prompt, self.prompt_positions, self.mask, self.start)
+        return self.engine.prefill(self.prompt, self.prompt_positions, self.mask, self.start)
 
     def reorder(self, rows: np.ndarray) -> None:
         """Beam search: row ``i`` continues what row ``rows[i]`` holds (cache, mask, positions)."""
@@ -264,7 +257,7 @@ class _CachedDecoder:
         self.mask, self.positions = self.mask[rows], self.positions[rows]
 
     def next_logits(self, tokens: np.ndarray) -> np.ndarray:
-        logits = self.engine.run(tokens[:, None], self.positions[:, None], self.mask, self.cursor)
+        logits = self.engine.decode(tokens[:, None], self.positions[:, None], self.mask, self.cursor)
         self.cursor += 1
         self.positions += 1
         self.past_tokens += 1
@@ -282,9 +275,10 @@ class _FullRecompute:
         self.model, self.ids, self.mask, self.positions = model, prompt, mask, positions
 
     def _last_logits(self) -> np.ndarray:
-        out = self.model(Tensor(self.ids.astype(np.int32)), Tensor(self.positions.astype(np.int32)),
-                         Tensor(self.mask.astype(np.int32)), return_last_logit=True)
-        return out.logits[:, -1].astype(ms.float32).asnumpy()
+        with op_by_op():  # a graph per sequence length would be compiled otherwise
+            out = self.model(Tensor(self.ids.astype(np.int32)), Tensor(self.positions.astype(np.int32)),
+                             Tensor(self.mask.astype(np.int32)), return_last_logit=True)
+            return out.logits[:, -1].astype(ms.float32).asnumpy()
 
     def first_logits(self) -> np.ndarray:
         return self._last_logits()

@@ -8,7 +8,7 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from . import kernels
-from .layers import Linear
+from .layers import make_linear
 
 
 class SelfAttention(nn.Cell):
@@ -17,9 +17,8 @@ class SelfAttention(nn.Cell):
     The fused projection's rows are ``[H*D query | G*D key | G*D value]``; query
     head ``h`` reads key/value group ``h // (H / G)``. With a static KV cache the
     new keys/values are written in place at ``cache_position`` and attention reads
-    the whole cache (future and padded slots masked out), or, for a fresh
-    prompt (``attend_cache=False``), only the prompt's own keys (and the prefix),
-    which is cheaper and needs no ``[S, L]`` scores.
+    the first ``K`` slots of the cache, ``K`` the width of ``bias`` (future and
+    padded slots masked out): a prompt fed in chunks scores only the filled part.
     """
 
     def __init__(self, config, layer_number: int, dtype=ms.float32) -> None:
@@ -30,11 +29,9 @@ class SelfAttention(nn.Cell):
         self.num_groups = config.num_key_value_groups
         self.query_size = self.num_heads * self.head_dim
         self.kv_size = self.num_groups * self.head_dim
-        self.query_key_value = Linear(
-            config.hidden_size, self.query_size + 2 * self.kv_size,
-            bias=config.add_bias_linear or config.add_qkv_bias, dtype=dtype,
-        )
-        self.dense = Linear(self.query_size, config.hidden_size, bias=config.add_bias_linear, dtype=dtype)
+        self.query_key_value = make_linear(config, config.hidden_size, self.query_size + 2 * self.kv_size,
+                                           config.add_bias_linear or config.add_qkv_bias, dtype)
+        self.dense = make_linear(config, self.query_size, config.hidden_size, config.add_bias_linear, dtype)
         self.attention_dropout = nn.Dropout(p=config.attention_dropout) if config.attention_dropout > 0 else None
         self.fused = kernels.use_fused_kernels()
 
@@ -47,7 +44,6 @@ class SelfAttention(nn.Cell):
         kv_cache: Optional[Tuple[Tensor, Tensor]] = None,
         cache_position: Optional[Tensor] = None,
         prefix_kv: Optional[Tuple[Tensor, Tensor]] = None,
-        attend_cache: bool = True,
     ) -> Tensor:
         batch, seq, _ = hidden_states.shape
         mixed = self.query_key_value(hidden_states)
@@ -61,12 +57,11 @@ class SelfAttention(nn.Cell):
         value = value.swapaxes(1, 2)
 
         if kv_cache is not None:
-            cached_key, cached_value = write_kv_cache(kv_cache, key, value, cache_position)
-            if attend_cache:
-                key, value = cached_key, cached_value
-            else:  # tie the writes to what is used, or graph mode drops them as dead code
-                key, value = ops.depend(key, cached_key), ops.depend(value, cached_value)
-        if (kv_cache is None or not attend_cache) and prefix_kv is not None:
+            key, value = write_kv_cache(kv_cache, key, value, cache_position)
+            keys = bias.shape[-1]
+            if keys < key.shape[2]:
+                key, value = key[:, :, :keys], value[:, :, :keys]
+        elif prefix_kv is not None:
             key = ops.concat((prefix_kv[0].astype(key.dtype), key), 2)
             value = ops.concat((prefix_kv[1].astype(value.dtype), value), 2)
 

@@ -17,7 +17,7 @@ from ..chat import ChatMixin
 from ..configuration import ChatGLM3Config
 from ..generation import GenerationMixin
 from . import kernels
-from .layers import Embedding, Linear, RotaryEmbedding
+from .layers import Embedding, Linear, RotaryEmbedding, make_linear
 from .prefix_encoder import PrefixEncoder
 from .pretrained import ChatGLM3PreTrainedModel
 from .transformer import GLMTransformer
@@ -66,19 +66,19 @@ class ChatGLM3Model(ChatGLM3PreTrainedModel):
     """Embedding, rotary tables, encoder and the (untied) output projection.
 
     ``construct`` returns the final hidden states; heads apply ``output_layer``.
-    Three ways to attend:
+    Two ways to attend:
 
     * no cache: causal attention over the ``S`` given tokens (training, scoring);
+      with ``pre_seq_len`` (P-Tuning v2) learned prefixes are prepended to every
+      layer's keys and values, as upstream does;
     * ``kv_caches`` (one ``(key, value)`` pair of ``[B, G, L, D]`` per layer) and
-      ``cache_position``: new keys are written at ``cache_position`` and queries
-      read the whole cache; ``attention_mask`` then covers all ``L`` slots;
-    * with ``pre_seq_len`` (P-Tuning v2) and no cache, learned prefixes are
-      prepended to every layer's keys and values, as upstream does.
+      ``cache_position``: the new keys and values are written at cache slots
+      ``cache_position ..`` and queries read slots ``[0, K)``, where ``K`` is the
+      width of ``attention_mask`` (``[B, K]``, 1 where a slot holds a real token):
+      the whole cache when decoding, the filled part when a prompt is fed.
 
     ``inputs_embeds`` replaces the embedding lookup of ``input_ids`` (Hugging Face's
-    argument of that name). ``fresh_prompt`` (with ``kv_caches``): the cache holds
-    nothing the prompt reads, so its keys go into the cache but attention runs
-    over the prompt itself (and the prefix), with ``attention_mask`` of the prompt.
+    argument of that name).
     """
 
     def __init__(self, config: ChatGLM3Config, dtype=None, compute_dtype=None) -> None:
@@ -89,7 +89,7 @@ class ChatGLM3Model(ChatGLM3PreTrainedModel):
         self.embedding = WordEmbedding(config, dtype)
         self.rotary_pos_emb = RotaryEmbedding(config.rotary_dim, config.rope_base, config.seq_length)
         self.encoder = GLMTransformer(config, dtype=dtype)
-        self.output_layer = Linear(config.hidden_size, config.padded_vocab_size, bias=False, dtype=dtype)
+        self.output_layer = make_linear(config, config.hidden_size, config.padded_vocab_size, False, dtype, role="output")
         if config.pre_seq_len is not None:
             self.prefix_encoder = PrefixEncoder(config, dtype=dtype)
 
@@ -101,7 +101,6 @@ class ChatGLM3Model(ChatGLM3PreTrainedModel):
         kv_caches: Optional[KVCaches] = None,
         cache_position: Optional[Tensor] = None,
         inputs_embeds: Optional[Tensor] = None,
-        fresh_prompt: bool = False,
     ) -> Tensor:
         if inputs_embeds is None:
             inputs_embeds = self.embedding(input_ids)
@@ -117,10 +116,9 @@ class ChatGLM3Model(ChatGLM3PreTrainedModel):
             hidden_states = hidden_states.astype(self.compute_dtype)
 
         prefix_kvs = None
-        attend_cache = kv_caches is not None and not fresh_prompt
-        query_start = cache_position if kv_caches is None or attend_cache else ops.zeros((), ms.int32)
-        if attend_cache:
-            keys = kv_caches[0][0].shape[2]
+        query_start = cache_position
+        if kv_caches is not None:
+            keys = attention_mask.shape[1]
         elif self.pre_seq_len is not None:
             prefix_kvs = self.prefix_encoder(batch, self.compute_dtype)
             if attention_mask is None:
@@ -131,7 +129,7 @@ class ChatGLM3Model(ChatGLM3PreTrainedModel):
         else:
             keys = seq
         bias = kernels.additive_mask(attention_mask, query_start, seq, keys, batch)
-        return self.encoder(hidden_states, cos, sin, bias, kv_caches, cache_position, prefix_kvs, attend_cache)
+        return self.encoder(hidden_states, cos, sin, bias, kv_caches, cache_position, prefix_kvs)
 
 
 class ChatGLM3ForConditionalGeneration(GenerationMixin, ChatMixin, NamedOutputs, ChatGLM3PreTrainedModel):
@@ -154,10 +152,9 @@ class ChatGLM3ForConditionalGeneration(GenerationMixin, ChatMixin, NamedOutputs,
         cache_position: Optional[Tensor] = None,
         return_last_logit: bool = False,
         inputs_embeds: Optional[Tensor] = None,
-        fresh_prompt: bool = False,
     ) -> CausalLMOutput:
         hidden_states = self.transformer(input_ids, position_ids, attention_mask, kv_caches, cache_position,
-                                         inputs_embeds, fresh_prompt)
+                                         inputs_embeds)
         if return_last_logit:
             hidden_states = hidden_states[:, -1:]
         logits = self.transformer.output_layer(hidden_states)

@@ -1,20 +1,24 @@
 """Building blocks whose parameters carry the hub checkpoint's names (``weight``, ``bias``).
 
 Parameters may be stored in a dtype the device cannot multiply in (bfloat16 on
-CPU); each layer then computes in the activation dtype, casting its weight on
-the fly.
+CPU), or quantized (:class:`QuantizedLinear`); in inference on CPU the
+products then run in our kernels (:mod:`.cpu_kernels`), which read weights as
+stored. Elsewhere each layer computes in the activation dtype, casting its
+weight on the fly.
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import mindspore as ms
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import Normal, One, Zero, initializer
 
+from ..quantization import QuantizationConfig, quantize, quantized_shapes
 from ..runtime import supports_bf16_compute
-from . import kernels
-from .cpu_kernels import MAX_ROWS, gather_rows, small_batch_linear, widen_to_float32
+from . import cpu_kernels, kernels
 
 INIT_STD = 0.02
 
@@ -22,9 +26,9 @@ INIT_STD = 0.02
 class Linear(nn.Cell):
     """``y = x W^T (+ b)`` with ``W`` of shape ``[out, in]``, as in PyTorch checkpoints.
 
-    In inference on CPU, products of at most ``MAX_ROWS`` rows (decoding) go
-    to the small-batch kernel, which reads the weight in its stored dtype, and
-    16-bit weights are widened for ``MatMul`` by our kernel rather than ``Cast``.
+    In inference on CPU the product is our kernel, which reads the weight in
+    its stored dtype (no widened copy); in training, and without the kernels,
+    MindSpore's ``MatMul`` on the weight in the activation dtype.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False, dtype=ms.float32) -> None:
@@ -34,35 +38,103 @@ class Linear(nn.Cell):
         self.weight = Parameter(initializer(Normal(INIT_STD), (out_features, in_features), dtype), name="weight")
         self.bias = Parameter(initializer(Zero(), (out_features,), dtype), name="bias") if bias else None
         self.matmul = ops.MatMul(transpose_b=True)
-        self.small_batch_matmul = small_batch_linear()  # None off CPU or without a C++ compiler
-        self.widen = widen_to_float32() if dtype in (ms.float16, ms.bfloat16) else None
+        self.kernel = cpu_kernels.linear("dense")  # None off CPU or without a C++ compiler
 
     def construct(self, x: Tensor) -> Tensor:
         shape = x.shape
         rows = x.reshape(-1, shape[-1])
-        if self.uses_small_batch_kernel(rows):
-            y = self.small_batch_matmul(rows, self.weight)
+        if self.kernel is not None and not self.training:
+            y = self.kernel(rows, self.weight)
         else:
-            y = self.matmul(rows, self.weight_as(x.dtype))
-        if self.bias is not None:
-            y = y + (self.bias if self.bias.dtype == x.dtype else self.bias.astype(x.dtype))
-        return y.reshape(shape[:-1] + (self.out_features,))
-
-    def weight_as(self, dtype) -> Tensor:
-        """The weight in the compute dtype: as stored, widened by our kernel (inference), or cast."""
-        if self.weight.dtype == dtype:
-            return self.weight
-        if self.widen is not None and not self.training and dtype == ms.float32:
-            return self.widen(self.weight)
-        return self.weight.astype(dtype)
-
-    def uses_small_batch_kernel(self, rows: Tensor) -> bool:
-        """Decided while tracing: shapes, dtypes and the training flag are constants of a compiled graph."""
-        return (self.small_batch_matmul is not None and not self.training and 0 < rows.shape[0] <= MAX_ROWS
-                and (rows.dtype == ms.float32 or rows.dtype == ms.float16))
+            y = self.matmul(rows, self.weight if self.weight.dtype == x.dtype else self.weight.astype(x.dtype))
+        return add_bias(y, self.bias).reshape(shape[:-1] + (self.out_features,))
 
     def extend_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class QuantizedLinear(nn.Cell):
+    """A :class:`Linear` whose weight is int8 or int4 (``weight`` + ``weight_scale``, see :mod:`..quantization`).
+
+    Inference only. On CPU our kernels read the packed weight directly;
+    without them (or off CPU) the weight is dequantized with MindSpore's ops
+    for each product, which is correct and slower.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bits: int, group_size: int,
+                 bias: bool = False, dtype=ms.float32) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.bits = bits
+        self.group_size = group_size
+        weight_shape, scale_shape = quantized_shapes(bits, out_features, in_features, group_size)
+        weight_dtype = ms.int8 if bits == 8 else ms.uint8
+        self.weight = Parameter(initializer(Zero(), weight_shape, weight_dtype), name="weight", requires_grad=False)
+        self.weight_scale = Parameter(initializer(One(), scale_shape, ms.float16), name="weight_scale",
+                                      requires_grad=False)
+        self.bias = Parameter(initializer(Zero(), (out_features,), dtype), name="bias") if bias else None
+        self.kernel = cpu_kernels.linear("int8" if bits == 8 else "int4")
+
+    @classmethod
+    def from_linear(cls, layer: Linear, quantization: QuantizationConfig, bits: int) -> "QuantizedLinear":
+        """Quantize a float layer's current weight (its bias is kept as it is)."""
+        quantized = cls(layer.in_features, layer.out_features, bits, quantization.group_size,
+                        bias=layer.bias is not None, dtype=layer.bias.dtype if layer.bias is not None else ms.float32)
+        quantized.load_float_weight(layer.weight.asnumpy())
+        if layer.bias is not None:
+            quantized.bias.set_data(layer.bias.data)
+        return quantized
+
+    def load_float_weight(self, weight: np.ndarray, what: str = "weight") -> None:
+        """Quantize ``[out, in]`` float values into ``weight`` / ``weight_scale``."""
+        from ..parameter_io import write_parameter
+
+        values, scales = quantize(self.bits, weight, self.group_size, what)
+        write_parameter(self.weight, values)
+        write_parameter(self.weight_scale, scales)
+
+    def construct(self, x: Tensor) -> Tensor:
+        shape = x.shape
+        rows = x.reshape(-1, shape[-1])
+        if self.kernel is not None:
+            y = self.kernel(rows, self.weight, self.weight_scale)
+        else:
+            y = ops.matmul(rows, self.dequantized(x.dtype).swapaxes(0, 1))
+        return add_bias(y, self.bias).reshape(shape[:-1] + (self.out_features,))
+
+    def dequantized(self, dtype) -> Tensor:
+        """The ``[out, in]`` weight the quantized values stand for, with MindSpore's ops."""
+        scale = self.weight_scale.astype(ms.float32)
+        if self.bits == 8:
+            return (self.weight.astype(ms.float32) * scale.expand_dims(1)).astype(dtype)
+        packed = self.weight.astype(ms.int32)
+        low, high = packed % 16, packed // 16
+        values = ops.stack((low, high), -1).reshape(self.out_features, -1)
+        values = (values - 16 * (values >= 8).astype(ms.int32)).astype(ms.float32)
+        groups = scale.shape[1]
+        values = (values.reshape(self.out_features, groups, -1) * scale.expand_dims(2)).reshape(self.out_features, -1)
+        return values[:, :self.in_features].astype(dtype)
+
+    def extend_repr(self) -> str:
+        group = f", group_size={self.group_size}" if self.bits == 4 else ""
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}{group}, "
+                f"bias={self.bias is not None}")
+
+
+def add_bias(y: Tensor, bias: Optional[Parameter]) -> Tensor:
+    if bias is None:
+        return y
+    return y + (bias if bias.dtype == y.dtype else bias.astype(y.dtype))
+
+
+def make_linear(config, in_features: int, out_features: int, bias: bool, dtype, role: str = "block") -> nn.Cell:
+    """A float or quantized linear layer, as ``config.quantization`` says for this ``role`` (block or output)."""
+    quantization = config.quantization
+    bits = quantization.bits_for(role) if quantization is not None else None
+    if bits is None:
+        return Linear(in_features, out_features, bias=bias, dtype=dtype)
+    return QuantizedLinear(in_features, out_features, bits, quantization.group_size, bias=bias, dtype=dtype)
 
 
 class Embedding(nn.Cell):
@@ -76,7 +148,7 @@ class Embedding(nn.Cell):
         # CPU has no bfloat16 Gather. In inference our row-gather kernel reads the table in any graph;
         # otherwise the rows move as raw 16-bit words, op by op (a dtype view does not compile).
         self.gather_bits = dtype == ms.bfloat16 and not supports_bf16_compute()
-        self.gather_rows = gather_rows() if self.gather_bits else None
+        self.gather_rows = cpu_kernels.gather_rows() if self.gather_bits else None
         self.gather = ops.Gather()  # a primitive, so a parallel layout can give it a shard strategy
 
     def construct(self, ids: Tensor) -> Tensor:

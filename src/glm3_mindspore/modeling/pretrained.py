@@ -19,7 +19,9 @@ from mindspore import nn
 from ..configuration import ChatGLM3Config
 from ..hub import HubOptions
 from ..parameter_io import numpy_dtype, write_parameter
+from ..quantization import QUANTIZABLE_LAYERS, DEFAULT_GROUP_SIZE, QuantizationConfig, QuantizationError
 from ..runtime import supports_bf16_compute
+from .layers import Linear, QuantizedLinear
 
 logger = logging.getLogger(__name__)
 
@@ -91,11 +93,6 @@ class ChatGLM3PreTrainedModel(nn.Cell):
         if not isinstance(config, ChatGLM3Config):
             raise TypeError(f"config must be a ChatGLM3Config, got {type(config).__name__}")
         config.validate()
-        if config.quantization_bit:
-            raise ValueError(
-                f"config has quantization_bit={config.quantization_bit}: int4/int8 quantized checkpoints "
-                "are not supported; load the fp16 checkpoint instead"
-            )
         self.config = config
         self.param_dtype = resolve_dtype(dtype)
         self.compute_dtype = resolve_dtype(compute_dtype, default_compute_dtype(self.param_dtype))
@@ -121,17 +118,26 @@ class ChatGLM3PreTrainedModel(nn.Cell):
         """Load a hub-layout model: a local folder or a hub repo id (weights only, never code).
 
         ``ms_dtype``: parameter dtype (``float32`` default as in Hugging Face; ``"auto"``
-        takes the checkpoint's ``torch_dtype``). Other keyword arguments override config
-        fields (e.g. ``seq_length=4096``, ``pre_seq_len=128``). Hub options:
-        ``revision``, ``cache_dir``, ``local_files_only``, ``token``.
+        takes the checkpoint's ``torch_dtype``, the default for quantized models).
+        Other keyword arguments override config fields (e.g. ``seq_length=4096``,
+        ``pre_seq_len=128``); ``quantization_bit=8`` or ``4`` (upstream's field, also
+        read from ``config.json``) quantizes the linear layers tensor by tensor while
+        loading, with ``quantization_config`` (a dict or
+        :class:`~glm3_mindspore.quantization.QuantizationConfig`) for the int4 group
+        size and the output layer's bits. Hub options: ``revision``, ``cache_dir``,
+        ``local_files_only``, ``token``.
         """
         from .. import checkpoints
 
         options = HubOptions.pop_from(kwargs)
+        if isinstance(kwargs.get("quantization_config"), QuantizationConfig):
+            kwargs["quantization_config"] = kwargs["quantization_config"].to_dict()
         if config is None:
             config = ChatGLM3Config.from_pretrained(name_or_path, **vars(options), **kwargs)
         elif kwargs:
             config = ChatGLM3Config.from_dict({**config.to_dict(), **kwargs})
+        if ms_dtype is None and config.quantization is not None:
+            ms_dtype = "auto"  # a quantized model keeps its float tensors (embeddings, norms) as stored
         if ms_dtype == "auto":
             ms_dtype = config.torch_dtype or "float32"
         files = checkpoints.resolve_weight_files(name_or_path, options)
@@ -179,11 +185,22 @@ class ChatGLM3PreTrainedModel(nn.Cell):
 
         items = tensors.items() if isinstance(tensors, Mapping) else tensors
         params = dict(self.parameters_and_names())
+        quantized = {f"{name}.weight": cell for name, cell in self.cells_and_names() if isinstance(cell, QuantizedLinear)}
         report = LoadReport()
         for checkpoint_name, array in items:
             name = self.param_name(checkpoint_name)
             if name.endswith(IGNORED_CHECKPOINT_KEYS):
                 report.ignored.append(checkpoint_name)
+                continue
+            layer = quantized.get(name)
+            if layer is not None and is_float_array(array):  # a float checkpoint into a quantized layer
+                if tuple(array.shape) != (layer.out_features, layer.in_features):
+                    report.mismatched.append((checkpoint_name, tuple(array.shape), (layer.out_features, layer.in_features)))
+                    continue
+                layer.load_float_weight(array, checkpoint_name)
+                release_pages(array)
+                report.loaded += [name, name + "_scale"]
+                del array
                 continue
             param = params.get(name)
             if param is None:
@@ -206,11 +223,63 @@ class ChatGLM3PreTrainedModel(nn.Cell):
         return report
 
     def named_weights(self, dtype=None) -> Iterator[Tuple[str, np.ndarray]]:
-        """``(checkpoint name, numpy array)`` for every parameter, optionally cast."""
+        """``(checkpoint name, numpy array)`` for every parameter, float ones optionally cast.
+
+        Quantized values and their scales are never cast: their format is fixed.
+        """
         target = None if dtype is None else numpy_dtype(resolve_dtype(dtype))
         for name, param in self.parameters_and_names():
             array = param.asnumpy()
-            yield self.checkpoint_name(name), array if target is None else array.astype(target)
+            keep = target is None or is_quantized_parameter(name, param)
+            yield self.checkpoint_name(name), array if keep else array.astype(target)
+
+    # ----------------------------------------------------------- quantization
+    def quantize(self, bits: int, group_size: int = DEFAULT_GROUP_SIZE, output_layer_bits: Optional[int] = 8):
+        """Quantize the linear layers in place, as upstream's ``model.quantize(bits)``; returns the model.
+
+        ``bits`` 8 (per output channel) or 4 (per group of ``group_size``) for the
+        attention and MLP layers of every block; the output layer gets
+        ``output_layer_bits`` (None keeps it in the model's dtype). Embeddings and
+        norms keep their dtype. Layer by layer, so only one float weight is
+        widened at a time. See :mod:`glm3_mindspore.quantization`.
+        """
+        if self.config.quantization is not None:
+            raise QuantizationError(f"{type(self).__name__} is already quantized "
+                                    f"({self.config.quantization.bits}-bit); load the float checkpoint to re-quantize")
+        if getattr(self, "peft_config", None) is not None:
+            raise QuantizationError(f"{type(self).__name__} has a LoRA adapter: merge it first "
+                                    "(merge_and_unload), then quantize")
+        quantization = QuantizationConfig(bits=bits, group_size=group_size, output_layer_bits=output_layer_bits)
+        for parent, attribute, role in self.quantizable_layers():
+            layer_bits = quantization.bits_for(role)
+            if layer_bits is not None:
+                setattr(parent, attribute, QuantizedLinear.from_linear(getattr(parent, attribute), quantization, layer_bits))
+        self.config.quantization_bit = bits
+        self.config.quantization_config = quantization.to_dict()
+        clear = getattr(self, "clear_generation_cache", None)
+        if clear is not None:
+            clear()  # compiled graphs hold the float layers
+        return self
+
+    def inference_widens_weights(self) -> bool:
+        """Whether some product would cast or dequantize its weight (no CPU kernels for it).
+
+        A compiled graph keeps every intermediate, so such a model decodes op by
+        op rather than hold a widened copy of all its weights.
+        """
+        for _, cell in self.cells_and_names():
+            if isinstance(cell, QuantizedLinear) and cell.kernel is None:
+                return True
+            if isinstance(cell, Linear) and cell.kernel is None and cell.weight.dtype != self.compute_dtype:
+                return True
+        return False
+
+    def quantizable_layers(self) -> Iterator[Tuple[nn.Cell, str, str]]:
+        """``(parent cell, attribute, role)`` of every float linear layer quantization applies to."""
+        for _, cell in list(self.cells_and_names()):
+            for attribute, role in QUANTIZABLE_LAYERS.items():
+                if isinstance(getattr(cell, attribute, None), Linear):
+                    yield cell, attribute, role
 
     def state_dict(self) -> Dict[str, np.ndarray]:
         return dict(self.named_weights())
@@ -254,7 +323,10 @@ class ChatGLM3PreTrainedModel(nn.Cell):
         folder = Path(save_directory)
         folder.mkdir(parents=True, exist_ok=True)
         save_dtype = resolve_dtype(dtype, self.param_dtype)
-        config = ChatGLM3Config.from_dict({**self.config.to_dict(), **hub_config_fields(save_dtype)})
+        values = {**self.config.to_dict(), **hub_config_fields(save_dtype)}
+        if self.config.quantization is not None:
+            values.pop("auto_map")  # upstream's code cannot read our quantized format
+        config = ChatGLM3Config.from_dict(values)
         weights = self.named_weights(save_dtype) if state_dict is None else self._given_weights(state_dict, save_dtype)
         checkpoints.write_weights(folder, weights, max_shard_size=max_shard_size,
                                   safe_serialization=safe_serialization)
@@ -262,6 +334,15 @@ class ChatGLM3PreTrainedModel(nn.Cell):
         if self.generation_config is not None:
             self.generation_config.save_pretrained(folder)
         return folder
+
+
+def is_float_array(array: np.ndarray) -> bool:
+    return array.dtype.kind == "f" or array.dtype == numpy_dtype(ms.bfloat16)
+
+
+def is_quantized_parameter(name: str, param) -> bool:
+    """Quantized values (int8, packed int4) and their scales, whose dtypes are part of the format."""
+    return param.dtype in (ms.int8, ms.uint8) or name.endswith(".weight_scale")
 
 
 def _uninitialized_parameters():

@@ -8,7 +8,7 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from .attention import SelfAttention
-from .layers import Linear, make_norm
+from .layers import make_linear, make_norm
 
 
 class MLP(nn.Cell):
@@ -17,8 +17,8 @@ class MLP(nn.Cell):
     def __init__(self, config, dtype=ms.float32) -> None:
         super().__init__()
         self.ffn_hidden_size = config.ffn_hidden_size
-        self.dense_h_to_4h = Linear(config.hidden_size, 2 * config.ffn_hidden_size, bias=config.add_bias_linear, dtype=dtype)
-        self.dense_4h_to_h = Linear(config.ffn_hidden_size, config.hidden_size, bias=config.add_bias_linear, dtype=dtype)
+        self.dense_h_to_4h = make_linear(config, config.hidden_size, 2 * config.ffn_hidden_size, config.add_bias_linear, dtype)
+        self.dense_4h_to_h = make_linear(config, config.ffn_hidden_size, config.hidden_size, config.add_bias_linear, dtype)
 
     def construct(self, hidden_states: Tensor) -> Tensor:
         gate_up = self.dense_h_to_4h(hidden_states)
@@ -43,11 +43,9 @@ class GLMBlock(nn.Cell):
         self.mlp = MLP(config, dtype=dtype)
         self.hidden_dropout = nn.Dropout(p=config.hidden_dropout) if config.hidden_dropout > 0 else None
 
-    def construct(self, hidden_states, cos, sin, bias, kv_cache=None, cache_position=None, prefix_kv=None,
-                  attend_cache=True):
+    def construct(self, hidden_states, cos, sin, bias, kv_cache=None, cache_position=None, prefix_kv=None):
         normed = self.input_layernorm(hidden_states)
-        attention_output = self.self_attention(normed, cos, sin, bias, kv_cache, cache_position, prefix_kv,
-                                               attend_cache)
+        attention_output = self.self_attention(normed, cos, sin, bias, kv_cache, cache_position, prefix_kv)
         residual = normed if self.residual_from_norm else hidden_states
         hidden_states = residual + self._dropout(attention_output)
         normed = self.post_attention_layernorm(hidden_states)
@@ -78,13 +76,11 @@ class GLMTransformer(nn.Cell):
         kv_caches: Optional[List[Tuple[Tensor, Tensor]]] = None,
         cache_position: Optional[Tensor] = None,
         prefix_kvs: Optional[List[Tuple[Tensor, Tensor]]] = None,
-        attend_cache: bool = True,
     ) -> Tensor:
         for i in range(self.num_layers):
             kv_cache = None if kv_caches is None else kv_caches[i]
             prefix_kv = None if prefix_kvs is None else prefix_kvs[i]
-            hidden_states = self.layers[i](hidden_states, cos, sin, bias, kv_cache, cache_position, prefix_kv,
-                                           attend_cache)
+            hidden_states = self.layers[i](hidden_states, cos, sin, bias, kv_cache, cache_position, prefix_kv)
         if self.post_layer_norm:
             hidden_states = self.final_layernorm(hidden_states)
         return hidden_states

@@ -170,6 +170,7 @@ def get_peft_model(model: nn.Cell, config: Optional[LoraConfig] = None) -> nn.Ce
     """
     config = config or LoraConfig()
     config.check_initialisation()
+    refuse_quantized(model, "LoRA")
     if lora_layers(model):
         raise AdapterError(f"{type(model).__name__} already has LoRA layers; one adapter per model is supported")
     linears = [(path, cell) for path, cell in model.cells_and_names() if isinstance(cell, Linear)]
@@ -193,6 +194,14 @@ def get_peft_model(model: nn.Cell, config: Optional[LoraConfig] = None) -> nn.Ce
     drop_generation_cache(model)
     logger.info("LoRA on %d layers: %s", len(targets), trainable_summary(model))
     return model
+
+
+def refuse_quantized(model: nn.Cell, what: str) -> None:
+    """LoRA layers wrap float weights: a quantized base has none to train, merge or add to."""
+    quantization = getattr(getattr(model, "config", None), "quantization", None)
+    if quantization is not None:
+        raise AdapterError(f"{what} on a quantized model ({quantization.bits}-bit weights) is not supported: "
+                           "load the float checkpoint, train or merge there, then quantize the result")
 
 
 def _base_name(model: nn.Cell) -> Optional[str]:

@@ -42,7 +42,8 @@ class DemoSettings:
     seed: int = 0
 
 
-def _split_rows(settings: DemoSettings):
+def split_rows(settings: DemoSettings):
+    """The demo's (train, held-out) ADGEN rows: the bundled dev set, shuffled with the seed."""
     from ..resources import adgen_dev_path
 
     rows = [json.loads(line) for line in adgen_dev_path().read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -62,7 +63,7 @@ def run_demo(settings: DemoSettings = DemoSettings(), tokenizer_path: Optional[s
     logging.getLogger("glm3_mindspore").setLevel(logging.ERROR)
     started = time.perf_counter()
     tokenizer = ChatGLM3Tokenizer.from_pretrained(tokenizer_path or _bundled_tokenizer())
-    train_rows, eval_rows = _split_rows(settings)
+    train_rows, eval_rows = split_rows(settings)
     data = DataConfig(max_source_length=settings.max_source_length, max_target_length=settings.max_target_length)
     train, _ = build_dataset(train_rows, AdgenProcessor(tokenizer, data))
     evaluation, _ = build_dataset(eval_rows, AdgenProcessor(tokenizer, data))

@@ -214,6 +214,11 @@ class Trainer:
         args = self.args
         if self.train_dataset is None or len(self.train_dataset) == 0:
             raise ValueError("train() needs a non-empty train_dataset")
+        quantization = getattr(getattr(self.model, "config", None), "quantization", None)
+        if quantization is not None:
+            raise ValueError(f"cannot train a quantized model ({quantization.bits}-bit weights are inference-only): "
+                             "fine-tune the float checkpoint, then quantize the result (model.quantize or "
+                             "glm3 convert --quantize)")
         self._check_output_dir(resume_from_checkpoint or args.resume_from_checkpoint)
         self.create_optimizer()
         total = self.total_steps()

@@ -1,0 +1,562 @@
+// y = x W^T for the linear layers of inference, reading W in its stored format
+// (formats.h) so no widened copy of a weight is ever made.
+//
+// Two paths, chosen by the number of rows M of x:
+//   streaming (M <= stream_max_rows, decoding): every weight row is read
+//     once per call from memory and multiplied with all M rows of x while it
+//     is in registers or L1; the speed is the rate at which weights stream.
+//   blocked (larger M, prompts): panels of W are converted to fp32 in a
+//     per-thread buffer that stays in L2 and multiplied with packed panels of
+//     x by a register-blocked micro-kernel; the speed is the FMA rate.
+// Both accumulate in fp32; x and y are fp32, or fp16 converted at the edges.
+// Where the best choice differs between CPUs (the crossover M, rows per block
+// for one row of x), the values are measured when the library is first built
+// (cpu_kernels/build.py) and set through glm3_configure.
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <type_traits>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <vector>
+
+#include "formats.h"
+#include "pool.h"
+
+namespace glm3 {
+
+struct Tuning {
+  int stream_max_rows = 8;    // largest M on the streaming path
+  int rows_per_block_one = 4;  // weight rows per tile when M == 1 (2, 4 or 8)
+};
+static Tuning tuning;
+
+// ----------------------------------------------------------------- streaming
+// out[m * ldo + r] += sum_k x[m, k] * w[n0 + r, k] over k in [k0, k1), for MT
+// rows of x (stride K) and R weight rows. k0 is a multiple of the group size.
+template <int MT, int R, class F>
+static inline void stream_tile(const F& f, const float* x, int64_t K, int64_t n0, int64_t k0, int64_t k1,
+                               float* out, int64_t ldo) {
+  vf acc[MT][R] = {};
+  float tail[MT][R] = {};
+  if constexpr (F::kGrouped) {
+    for (int64_t g0 = k0, g = k0 / f.group; g0 < k1; g0 += f.group, ++g) {
+      const int64_t g1 = std::min(g0 + f.group, k1), gv = g0 + (g1 - g0) / VL * VL;
+      float s[R];
+      for (int r = 0; r < R; ++r) s[r] = f.group_scale(n0 + r, g);
+      if constexpr (MT == 1) {  // scale once per group: one multiply per group instead of per vector
+        vf part[R] = {};
+        for (int64_t k = g0; k < gv; k += VL) {
+          const vf xv = load_f32(x + k);
+          for (int r = 0; r < R; ++r) part[r] += xv * f.load(n0 + r, k);
+        }
+        for (int r = 0; r < R; ++r) acc[0][r] += part[r] * s[r];
+      } else {
+        for (int64_t k = g0; k < gv; k += VL) {
+          vf wv[R];
+          for (int r = 0; r < R; ++r) wv[r] = f.load(n0 + r, k) * s[r];
+          for (int m = 0; m < MT; ++m) {
+            const vf xv = load_f32(x + m * K + k);
+            for (int r = 0; r < R; ++r) acc[m][r] += xv * wv[r];
+          }
+        }
+      }
+      for (int64_t k = gv; k < g1; ++k)
+        for (int r = 0; r < R; ++r) {
+          const float wk = f.at(n0 + r, k) * s[r];
+          for (int m = 0; m < MT; ++m) tail[m][r] += x[m * K + k] * wk;
+        }
+    }
+  } else {
+    const int64_t kv = k0 + (k1 - k0) / VL * VL;
+    for (int64_t k = k0; k < kv; k += VL) {
+      vf wv[R];
+      for (int r = 0; r < R; ++r) wv[r] = f.load(n0 + r, k);
+      for (int m = 0; m < MT; ++m) {
+        const vf xv = load_f32(x + m * K + k);
+        for (int r = 0; r < R; ++r) acc[m][r] += xv * wv[r];
+      }
+    }
+    for (int64_t k = kv; k < k1; ++k)
+      for (int r = 0; r < R; ++r) {
+        const float wk = f.at(n0 + r, k);
+        for (int m = 0; m < MT; ++m) tail[m][r] += x[m * K + k] * wk;
+      }
+  }
+  for (int m = 0; m < MT; ++m)
+    for (int r = 0; r < R; ++r) out[m * ldo + r] += (sum_lanes(acc[m][r]) + tail[m][r]) * f.row_scale(n0 + r);
+}
+
+// All rows of x against weight rows [n0, n0 + R), over k in [k0, k1): up to
+// four rows of x at a time, so the tile's accumulators fit the registers.
+template <int R, class F>
+static inline void stream_block(const F& f, const float* x, int64_t M, int64_t N, int64_t K, int64_t n0,
+                                int64_t k0, int64_t k1, float* y) {
+  int64_t m = 0;
+  for (; m + 4 <= M; m += 4) stream_tile<4, (R > 2 ? 2 : R)>(f, x + m * K, K, n0, k0, k1, y + m * N + n0, N);
+  switch (M - m) {
+    case 3: stream_tile<3, (R > 2 ? 2 : R)>(f, x + m * K, K, n0, k0, k1, y + m * N + n0, N); break;
+    case 2: stream_tile<2, (R > 4 ? 4 : R)>(f, x + m * K, K, n0, k0, k1, y + m * N + n0, N); break;
+    case 1: stream_tile<1, R>(f, x + m * K, K, n0, k0, k1, y + m * N + n0, N); break;
+    default: break;
+  }
+}
+
+// The R-row blocks above split R into tiles of at most 2 or 4 rows for
+// several rows of x; this walks a block in those tiles.
+template <int R, class F>
+static inline void stream_rows(const F& f, const float* x, int64_t M, int64_t N, int64_t K, int64_t n0,
+                               int64_t k0, int64_t k1, float* y) {
+  if (M == 1) { stream_block<R>(f, x, M, N, K, n0, k0, k1, y); return; }
+  const int step = M >= 3 ? 2 : (R > 4 ? 4 : R);
+  for (int r = 0; r < R; r += step) {
+    if (step == 2) stream_block<2>(f, x, M, N, K, n0 + r, k0, k1, y);
+    else stream_block<(R > 4 ? 4 : R)>(f, x, M, N, K, n0 + r, k0, k1, y);
+  }
+}
+
+template <int R, class F>
+static void stream_linear_r(const F& f, const float* x, int64_t M, int64_t N, int64_t K, float* y) {
+  // Several groups of x rows read the same weight rows: walk K in chunks whose
+  // weight rows stay in L1 between the groups, so each weight streams once.
+  int64_t chunk = M <= 4 ? K : 1024;
+  if constexpr (F::kGrouped) chunk = M <= 4 ? K : std::max<int64_t>(f.group, chunk / f.group * f.group);
+  const int64_t blocks = N / R;
+  parallel_ranges(blocks + (N % R ? 1 : 0), [&](int64_t first, int64_t last) {
+    for (int64_t k0 = 0; k0 < K; k0 += chunk) {
+      const int64_t k1 = std::min(K, k0 + chunk);
+      for (int64_t b = first; b < std::min(last, blocks); ++b) stream_rows<R>(f, x, M, N, K, b * R, k0, k1, y);
+      if (last > blocks)  // the rows that do not fill a block
+        for (int64_t n = blocks * R; n < N; ++n) stream_block<1>(f, x, M, N, K, n, k0, k1, y);
+    }
+  });
+}
+
+template <class F>
+static void stream_linear(const F& f, const float* x, int64_t M, int64_t N, int64_t K, float* y) {
+  std::fill(y, y + M * N, 0.f);
+  const int rows = M == 1 ? tuning.rows_per_block_one : 4;
+  if (rows == 8) stream_linear_r<8>(f, x, M, N, K, y);
+  else if (rows == 2) stream_linear_r<2>(f, x, M, N, K, y);
+  else stream_linear_r<4>(f, x, M, N, K, y);
+}
+
+// ------------------------------------------- int4 weights x int8 activations
+// Decoding int4 weights by converting each to fp32 costs four vector
+// instructions per eight weights, which on two AVX2 cores is several times
+// slower than memory delivers them. As llama.cpp's q4_0 x q8_0 product does,
+// the rows of x are instead quantized to int8 in blocks of 32 (one fp32 scale
+// a block), and 64 weights at a time are multiplied by byte-wise integer
+// dot products (vpmaddubsw, exact int32 sums inside a block), scaled and
+// accumulated in fp32: about 1.2 instructions per eight weights.
+// The nibbles are read unsigned (q + 8, flipping their sign bits); the
+// 8 * sum(x) this adds is subtracted per group. Used for groups of a multiple
+// of 64 values.
+#if defined(__AVX2__)
+constexpr int64_t SPAN = 64;    // weights per 32-byte load: byte i of a span holds elements 2i and 2i + 1
+constexpr int64_t XBLOCK = 32;  // activations per int8 scale
+
+// Rows of x as the int4 product reads them: per 64-value span, the even
+// elements' int8 values (`even`), the odd ones' (`odd`), and the scale of
+// each lane's block (lanes 0-3 of the product cover the first 32 values).
+struct QuantizedActivations {
+  int64_t spans, groups;
+  std::vector<int8_t> even, odd;  // [M][spans][32]
+  std::vector<float> lane_scales;  // [M][spans][8]
+  std::vector<float> offsets;      // [M][groups]: 8 * sum over the group's blocks of scale * sum(q)
+};
+
+static QuantizedActivations quantize_activations(const float* x, int64_t M, int64_t K, int64_t groups,
+                                                 int64_t group) {
+  QuantizedActivations q;
+  q.groups = groups;
+  q.spans = groups * group / SPAN;
+  q.even.assign(M * q.spans * 32, 0);
+  q.odd.assign(M * q.spans * 32, 0);
+  q.lane_scales.assign(M * q.spans * 8, 0.f);
+  q.offsets.assign(M * groups, 0.f);
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t b = 0; b < q.spans * 2; ++b) {
+      const int64_t k0 = b * XBLOCK;
+      float amax = 0.f;
+      for (int64_t k = k0; k < std::min(K, k0 + XBLOCK); ++k) amax = std::max(amax, std::fabs(x[m * K + k]));
+      const float scale = amax / 127.f;
+      int sum = 0;
+      for (int64_t i = 0; i < XBLOCK; ++i) {
+        const int64_t k = k0 + i;
+        const int value = (k < K && scale > 0.f) ? static_cast<int>(std::nearbyint(x[m * K + k] / scale)) : 0;
+        sum += value;
+        const int64_t span = k / SPAN, lane = (k % SPAN) / 2;
+        (k % 2 ? q.odd : q.even)[(m * q.spans + span) * 32 + lane] = static_cast<int8_t>(value);
+      }
+      for (int l = 0; l < 4; ++l) q.lane_scales[(m * q.spans + b / 2) * 8 + (b % 2) * 4 + l] = scale;
+      q.offsets[m * groups + k0 / group] += 8.f * scale * static_cast<float>(sum);
+    }
+  }
+  return q;
+}
+
+static inline float sum_lanes_avx(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// y[m, n0 + r] for MT rows of x and R weight rows, over all of K.
+template <int MT, int R>
+static inline void int4_tile(const Int4Rows& f, const QuantizedActivations& q, int64_t m0, int64_t n0,
+                             float* y, int64_t N) {
+  const __m256i low_nibbles = _mm256_set1_epi8(0x0F), sign_bits = _mm256_set1_epi8(static_cast<char>(0x88));
+  const __m256i ones = _mm256_set1_epi16(1);
+  const int64_t spans_per_group = f.group / SPAN;
+  __m256 acc[MT][R];
+  float offset[MT][R] = {};
+  for (int m = 0; m < MT; ++m)
+    for (int r = 0; r < R; ++r) acc[m][r] = _mm256_setzero_ps();
+  for (int64_t g = 0; g < f.groups; ++g) {
+    __m256 part[MT][R];
+    for (int m = 0; m < MT; ++m)
+      for (int r = 0; r < R; ++r) part[m][r] = _mm256_setzero_ps();
+    for (int64_t s = g * spans_per_group; s < (g + 1) * spans_per_group; ++s) {
+      for (int r = 0; r < R; ++r) {
+        const __m256i bytes = _mm256_xor_si256(sign_bits, _mm256_loadu_si256(  // two's complement q -> q + 8
+            reinterpret_cast<const __m256i*>(f.w + (n0 + r) * f.row_bytes + s * 32)));
+        const __m256i even = _mm256_and_si256(bytes, low_nibbles);
+        const __m256i odd = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low_nibbles);
+        for (int m = 0; m < MT; ++m) {
+          const int64_t at = ((m0 + m) * q.spans + s) * 32;
+          const __m256i pairs = _mm256_add_epi16(
+              _mm256_maddubs_epi16(even, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(&q.even[at]))),
+              _mm256_maddubs_epi16(odd, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(&q.odd[at]))));
+          const __m256 sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
+          const __m256 scales = _mm256_loadu_ps(&q.lane_scales[((m0 + m) * q.spans + s) * 8]);
+          part[m][r] = _mm256_fmadd_ps(sums, scales, part[m][r]);
+        }
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      const float scale = f.group_scale(n0 + r, g);
+      const __m256 scale_v = _mm256_set1_ps(scale);
+      for (int m = 0; m < MT; ++m) {
+        acc[m][r] = _mm256_fmadd_ps(part[m][r], scale_v, acc[m][r]);
+        offset[m][r] += scale * q.offsets[(m0 + m) * q.groups + g];
+      }
+    }
+  }
+  for (int m = 0; m < MT; ++m)
+    for (int r = 0; r < R; ++r) y[(m0 + m) * N + n0 + r] = sum_lanes_avx(acc[m][r]) - offset[m][r];
+}
+
+template <int R>
+static void int4_rows(const Int4Rows& f, const QuantizedActivations& q, int64_t M, int64_t N, int64_t n0,
+                      float* y) {
+  int64_t m = 0;
+  for (; m + 4 <= M; m += 4) int4_tile<4, (R > 2 ? 2 : R)>(f, q, m, n0, y, N);
+  switch (M - m) {
+    case 3: int4_tile<3, (R > 2 ? 2 : R)>(f, q, m, n0, y, N); break;
+    case 2: int4_tile<2, (R > 2 ? 2 : R)>(f, q, m, n0, y, N); break;
+    case 1: int4_tile<1, R>(f, q, m, n0, y, N); break;
+    default: break;
+  }
+}
+
+// Weight rows are taken R at a time for one row of x, two at a time for more.
+static void int4_linear(const Int4Rows& f, const float* x, int64_t M, int64_t N, int64_t K, float* y) {
+  const QuantizedActivations q = quantize_activations(x, M, K, f.groups, f.group);
+  const int64_t R = M == 1 ? 4 : 2;
+  const int64_t blocks = N / R;
+  parallel_ranges(blocks + (N % R ? 1 : 0), [&](int64_t first, int64_t last) {
+    for (int64_t b = first; b < std::min(last, blocks); ++b) {
+      if (M == 1) int4_rows<4>(f, q, M, N, b * R, y);
+      else for (int64_t r = 0; r < R; r += 2) int4_rows<2>(f, q, M, N, b * R + r, y);
+    }
+    if (last > blocks)
+      for (int64_t n = blocks * R; n < N; ++n) int4_rows<1>(f, q, M, N, n, y);
+  });
+}
+#endif
+
+static bool uses_int8_activations(const Int4Rows& f) {
+#if defined(__AVX2__)
+  return f.group % SPAN == 0;
+#else
+  (void)f;
+  return false;
+#endif
+}
+
+// ------------------------------------------------------------------- blocked
+constexpr int MR = VL == 8 ? 6 : 14;  // rows of x per micro-kernel (accumulators: MR x NV vectors)
+constexpr int NV = 2;
+constexpr int NR = NV * VL;           // weight rows (output features) per micro-kernel
+constexpr int64_t KC = 256;           // depth of a packed panel
+constexpr int64_t NC = 128;           // weight rows per thread block (a multiple of NR)
+
+// c[i, :NR] += a[:, i] . b for MRt rows; a is [kc][MR], b is [kc][NR].
+template <int MRt>
+static inline void micro_kernel(const float* a, const float* b, float* c, int64_t ldc, int64_t kc) {
+  vf acc[MRt][NV] = {};
+  for (int64_t k = 0; k < kc; ++k) {
+    vf bv[NV];
+    for (int v = 0; v < NV; ++v) bv[v] = load_f32(b + k * NR + v * VL);
+    for (int i = 0; i < MRt; ++i) {
+      const vf av = broadcast(a[k * MR + i]);
+      for (int v = 0; v < NV; ++v) acc[i][v] += av * bv[v];
+    }
+  }
+  for (int i = 0; i < MRt; ++i)
+    for (int v = 0; v < NV; ++v) store_f32(c + i * ldc + v * VL, load_f32(c + i * ldc + v * VL) + acc[i][v]);
+}
+
+static void micro_kernel_rows(int rows, const float* a, const float* b, float* c, int64_t ldc, int64_t kc) {
+  switch (rows) {
+    case 1: micro_kernel<1>(a, b, c, ldc, kc); break;
+    case 2: micro_kernel<2>(a, b, c, ldc, kc); break;
+    case 3: micro_kernel<3>(a, b, c, ldc, kc); break;
+    case 4: micro_kernel<4>(a, b, c, ldc, kc); break;
+    case 5: micro_kernel<5>(a, b, c, ldc, kc); break;
+    case 6: micro_kernel<6>(a, b, c, ldc, kc); break;
+#if GLM3_VL == 16
+    case 7: micro_kernel<7>(a, b, c, ldc, kc); break;
+    case 8: micro_kernel<8>(a, b, c, ldc, kc); break;
+    case 9: micro_kernel<9>(a, b, c, ldc, kc); break;
+    case 10: micro_kernel<10>(a, b, c, ldc, kc); break;
+    case 11: micro_kernel<11>(a, b, c, ldc, kc); break;
+    case 12: micro_kernel<12>(a, b, c, ldc, kc); break;
+    case 13: micro_kernel<13>(a, b, c, ldc, kc); break;
+    case 14: micro_kernel<14>(a, b, c, ldc, kc); break;
+#endif
+    default: break;
+  }
+}
+
+// out[c][r] = in[r][c] for an 8 x 8 tile (rows of `in` `in_stride` apart, of `out` `out_stride` apart).
+static inline void transpose8x8(const float* in, int64_t in_stride, float* out, int64_t out_stride) {
+#if defined(__AVX__)
+  __m256 r[8], t[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(in + i * in_stride);
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+    r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+    r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+  for (int i = 0; i < 4; ++i) {
+    _mm256_storeu_ps(out + i * out_stride, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
+    _mm256_storeu_ps(out + (i + 4) * out_stride, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
+  }
+#else
+  for (int i = 0; i < 8; ++i)
+    for (int j = 0; j < 8; ++j) out[j * out_stride + i] = in[i * in_stride + j];
+#endif
+}
+
+// Weight rows [n0, n0 + NR) x k in [k0, k0 + kc), scaled, as fp32 [kc][NR]
+// (rows past N are zero). The rows are converted along k first, then
+// transposed in 8 x 8 tiles: element by element stores would cost more
+// than the products.
+template <class F>
+static void pack_weight_panel(const F& f, int64_t N, int64_t n0, int64_t k0, int64_t kc, float* rows,
+                              float* panel) {
+  const int64_t stride = (kc + 7) / 8 * 8;  // rows[j] holds kc values, zero-padded to whole tiles
+  for (int j = 0; j < NR; ++j) {
+    float* row = rows + j * stride;
+    const int64_t n = n0 + j;
+    if (n >= N) {
+      std::fill(row, row + stride, 0.f);
+      continue;
+    }
+    const float scale = f.row_scale(n);
+    const int64_t kv = kc / VL * VL;
+    for (int64_t kk = 0; kk < kv; kk += VL) {
+      float s = scale;
+      if constexpr (F::kGrouped) s = f.group_scale(n, (k0 + kk) / f.group);
+      store_f32(row + kk, f.load(n, k0 + kk) * s);
+    }
+    for (int64_t kk = kv; kk < kc; ++kk) {
+      float s = scale;
+      if constexpr (F::kGrouped) s = f.group_scale(n, (k0 + kk) / f.group);
+      row[kk] = f.at(n, k0 + kk) * s;
+    }
+    std::fill(row + kc, row + stride, 0.f);
+  }
+  for (int64_t kk = 0; kk < kc; kk += 8) {
+    if (kk + 8 <= kc) {
+      for (int j = 0; j < NR; j += 8) transpose8x8(rows + j * stride + kk, stride, panel + kk * NR + j, NR);
+    } else {  // the last, partial tile: only kc - kk rows of the panel exist
+      for (int64_t k = kk; k < kc; ++k)
+        for (int j = 0; j < NR; ++j) panel[k * NR + j] = rows[j * stride + k];
+    }
+  }
+}
+
+template <class F>
+static void blocked_linear(const F& f, const float* x, int64_t M, int64_t N, int64_t K, float* y) {
+  const int64_t row_groups = (M + MR - 1) / MR, m_padded = row_groups * MR;
+  // x as panels [k block][row group][kc][MR], zero rows past M.
+  std::unique_ptr<float[]> packed_x(new float[m_padded * K]);
+  parallel_ranges(row_groups, [&](int64_t first, int64_t last) {
+    for (int64_t k0 = 0; k0 < K; k0 += KC) {
+      const int64_t kc = std::min(KC, K - k0);
+      for (int64_t g = first; g < last; ++g) {
+        float* panel = packed_x.get() + k0 * m_padded + g * kc * MR;
+        for (int64_t kk = 0; kk < kc; ++kk)
+          for (int i = 0; i < MR; ++i) {
+            const int64_t m = g * MR + i;
+            panel[kk * MR + i] = m < M ? x[m * K + k0 + kk] : 0.f;
+          }
+      }
+    }
+  });
+  const int64_t blocks = (N + NC - 1) / NC;
+  parallel_ranges(blocks, [&](int64_t first, int64_t last) {
+    std::unique_ptr<float[]> panels(new float[NC * KC]);
+    std::unique_ptr<float[]> rows(new float[NR * KC]);
+    std::unique_ptr<float[]> c(new float[m_padded * NC]);
+    for (int64_t b = first; b < last; ++b) {
+      const int64_t n0 = b * NC, width = std::min(NC, N - n0), npanels = (width + NR - 1) / NR;
+      std::fill(c.get(), c.get() + m_padded * NC, 0.f);
+      for (int64_t k0 = 0; k0 < K; k0 += KC) {
+        const int64_t kc = std::min(KC, K - k0);
+        for (int64_t p = 0; p < npanels; ++p)
+          pack_weight_panel(f, N, n0 + p * NR, k0, kc, rows.get(), panels.get() + p * kc * NR);
+        const float* xs = packed_x.get() + k0 * m_padded;
+        for (int64_t g = 0; g < row_groups; ++g) {
+          const int rows = static_cast<int>(std::min<int64_t>(MR, M - g * MR));
+          for (int64_t p = 0; p < npanels; ++p)
+            micro_kernel_rows(rows, xs + g * kc * MR, panels.get() + p * kc * NR, c.get() + g * MR * NC + p * NR, NC, kc);
+        }
+      }
+      for (int64_t m = 0; m < M; ++m) std::memcpy(y + m * N + n0, c.get() + m * NC, width * sizeof(float));
+    }
+  });
+}
+
+// ------------------------------------------------------------------ dispatch
+enum class Path { Auto, Streaming, Blocked };
+
+template <class F>
+static void linear(const F& f, const float* x, int64_t M, int64_t N, int64_t K, float* y, Path path) {
+  const bool streaming = path == Path::Streaming || (path == Path::Auto && M <= tuning.stream_max_rows);
+#if defined(__AVX2__)
+  if constexpr (std::is_same_v<F, Int4Rows>) {
+    if (streaming && uses_int8_activations(f)) return int4_linear(f, x, M, N, K, y);
+  }
+#endif
+  if (streaming) stream_linear(f, x, M, N, K, y);
+  else blocked_linear(f, x, M, N, K, y);
+}
+
+// x (fp32 or fp16) in, y in x's dtype out; the products run in fp32.
+template <class F>
+static int run_linear(const F& f, const char* x_dtype, const void* x, int64_t M, int64_t N, int64_t K, void* y) {
+  if (std::strcmp(x_dtype, "float32") == 0) {
+    linear(f, static_cast<const float*>(x), M, N, K, static_cast<float*>(y), Path::Auto);
+    return 0;
+  }
+  if (std::strcmp(x_dtype, "float16") != 0) return 2;
+  std::vector<float> x32(M * K), y32(M * N);
+  const uint16_t* xh = static_cast<const uint16_t*>(x);
+  for (int64_t i = 0; i < M * K; ++i) x32[i] = f16_to_f32(xh[i]);
+  linear(f, x32.data(), M, N, K, y32.data(), Path::Auto);
+  uint16_t* yh = static_cast<uint16_t*>(y);
+  for (int64_t i = 0; i < M * N; ++i) yh[i] = f32_to_f16(y32[i]);
+  return 0;
+}
+
+}  // namespace glm3
+
+using namespace glm3;
+
+// ------------------------------------------------------- MindSpore entry points
+// ops.Custom(func_type="aot") signature: inputs then the output in params.
+// A non-zero return makes MindSpore raise: 1 = bad shapes, 2 = bad dtypes.
+
+extern "C" int LinearDense(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
+                           void* stream, void* extra) {
+  (void)stream; (void)extra;
+  if (nparam != 3 || ndims[0] != 2 || ndims[1] != 2 || shapes[0][1] != shapes[1][1]) return 1;
+  const int64_t M = shapes[0][0], K = shapes[0][1], N = shapes[1][0];
+  if (std::strcmp(dtypes[1], "float32") == 0)
+    return run_linear(DenseF32{static_cast<const float*>(params[1]), K}, dtypes[0], params[0], M, N, K, params[2]);
+  if (std::strcmp(dtypes[1], "float16") == 0)
+    return run_linear(DenseF16{static_cast<const uint16_t*>(params[1]), K}, dtypes[0], params[0], M, N, K, params[2]);
+  if (std::strcmp(dtypes[1], "bfloat16") == 0)
+    return run_linear(DenseBF16{static_cast<const uint16_t*>(params[1]), K}, dtypes[0], params[0], M, N, K, params[2]);
+  return 2;
+}
+
+// Inputs x [M, K], int8 q [N, K], float16 scale [N].
+extern "C" int LinearInt8(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
+                          void* stream, void* extra) {
+  (void)stream; (void)extra;
+  if (nparam != 4 || ndims[0] != 2 || ndims[1] != 2 || ndims[2] != 1) return 1;
+  const int64_t M = shapes[0][0], K = shapes[0][1], N = shapes[1][0];
+  if (shapes[1][1] != K || shapes[2][0] != N) return 1;
+  if (std::strcmp(dtypes[1], "int8") != 0 || std::strcmp(dtypes[2], "float16") != 0) return 2;
+  Int8Rows f{static_cast<const int8_t*>(params[1]), static_cast<const uint16_t*>(params[2]), K};
+  return run_linear(f, dtypes[0], params[0], M, N, K, params[3]);
+}
+
+// Inputs x [M, K], uint8 packed q [N, groups * G / 2], float16 scale [N, groups];
+// G = 2 * packed width / groups, a multiple of 16, and groups * G >= K.
+extern "C" int LinearInt4(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
+                          void* stream, void* extra) {
+  (void)stream; (void)extra;
+  if (nparam != 4 || ndims[0] != 2 || ndims[1] != 2 || ndims[2] != 2) return 1;
+  const int64_t M = shapes[0][0], K = shapes[0][1], N = shapes[1][0], row_bytes = shapes[1][1];
+  const int64_t groups = shapes[2][1];
+  if (shapes[2][0] != N || groups <= 0 || (2 * row_bytes) % groups != 0) return 1;
+  const int64_t group = 2 * row_bytes / groups;
+  if (group % 16 != 0 || groups * group < K || (groups - 1) * group >= K) return 1;
+  if (std::strcmp(dtypes[1], "uint8") != 0 || std::strcmp(dtypes[2], "float16") != 0) return 2;
+  Int4Rows f{static_cast<const uint8_t*>(params[1]), static_cast<const uint16_t*>(params[2]), K, row_bytes, groups, group};
+  return run_linear(f, dtypes[0], params[0], M, N, K, params[3]);
+}
+
+// ------------------------------------------------------------ tuning (ctypes)
+extern "C" int glm3_vector_lanes() { return VL; }
+
+extern "C" void glm3_configure(int stream_max_rows, int rows_per_block_one) {
+  tuning.stream_max_rows = std::max(0, stream_max_rows);
+  tuning.rows_per_block_one = rows_per_block_one == 2 || rows_per_block_one == 8 ? rows_per_block_one : 4;
+}
+
+// Fastest of `repeats` calls, in seconds, of an fp32-x product with a random
+// weight [N, K] in `format` (0 fp32, 1 fp16, 2 bf16, 3 int8, 4 int4 groups of
+// 128) on the given path (1 streaming, 2 blocked) with the current tuning.
+extern "C" double glm3_time_linear(int format, int64_t M, int64_t N, int64_t K, int path, int repeats) {
+  std::mt19937 rng(0);
+  std::vector<float> x(M * K), y(M * N);
+  for (auto& v : x) v = static_cast<float>(rng() % 1000) / 1000.f - 0.5f;
+  std::vector<uint8_t> w(N * K * 4);
+  for (auto& v : w) v = static_cast<uint8_t>(rng() & 0x3F);  // small bit patterns: finite values in every format
+  std::vector<uint16_t> scale(N * ((K + 127) / 128), f32_to_f16(0.01f));
+  const Path p = path == 1 ? Path::Streaming : Path::Blocked;
+  double best = 1e30;
+  for (int rep = 0; rep < repeats; ++rep) {
+    const auto start = std::chrono::steady_clock::now();
+    switch (format) {
+      case 0: linear(DenseF32{reinterpret_cast<const float*>(w.data()), K}, x.data(), M, N, K, y.data(), p); break;
+      case 1: linear(DenseF16{reinterpret_cast<const uint16_t*>(w.data()), K}, x.data(), M, N, K, y.data(), p); break;
+      case 2: linear(DenseBF16{reinterpret_cast<const uint16_t*>(w.data()), K}, x.data(), M, N, K, y.data(), p); break;
+      case 3: linear(Int8Rows{reinterpret_cast<const int8_t*>(w.data()), scale.data(), K}, x.data(), M, N, K, y.data(), p); break;
+      case 4: {
+        const int64_t groups = (K + 127) / 128;
+        linear(Int4Rows{w.data(), scale.data(), K, groups * 64, groups, 128}, x.data(), M, N, K, y.data(), p);
+        break;
+      }
+      default: return -1.0;
+    }
+    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+  return best;
+}
