@@ -17,7 +17,7 @@ from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import Normal, One, Zero, initializer
 
 from ..quantization import QuantizationConfig, quantize, quantized_shapes
-from ..runtime import supports_bf16_compute
+from ..runtime import is_ascend, supports_bf16_compute
 from . import cpu_kernels, kernels
 
 INIT_STD = 0.02
@@ -27,8 +27,10 @@ class Linear(nn.Cell):
     """``y = x W^T (+ b)`` with ``W`` of shape ``[out, in]``, as in PyTorch checkpoints.
 
     In inference on CPU the product is our kernel, which reads the weight in
-    its stored dtype (no widened copy); in training, and without the kernels,
-    MindSpore's ``MatMul`` on the weight in the activation dtype.
+    its stored dtype (no widened copy); in training, without the kernels, and
+    for float32 weights where MindSpore's ``MatMul`` was measured faster for
+    that many rows (see :mod:`.cpu_kernels.build`), ``MatMul`` on the weight in
+    the activation dtype.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False, dtype=ms.float32) -> None:
@@ -39,11 +41,14 @@ class Linear(nn.Cell):
         self.bias = Parameter(initializer(Zero(), (out_features,), dtype), name="bias") if bias else None
         self.matmul = ops.MatMul(transpose_b=True)
         self.kernel = cpu_kernels.linear("dense")  # None off CPU or without a C++ compiler
+        # float32 weights: from this many rows MindSpore's MatMul was measured faster on this machine
+        tuning = cpu_kernels.tuning()
+        self.matmul_from_rows = tuning.matmul_from_rows if tuning is not None and dtype == ms.float32 else 0
 
     def construct(self, x: Tensor) -> Tensor:
         shape = x.shape
         rows = x.reshape(-1, shape[-1])
-        if self.kernel is not None and not self.training:
+        if self.kernel is not None and not self.training and not 0 < self.matmul_from_rows <= rows.shape[0]:
             y = self.kernel(rows, self.weight)
         else:
             y = self.matmul(rows, self.weight if self.weight.dtype == x.dtype else self.weight.astype(x.dtype))
@@ -56,9 +61,11 @@ class Linear(nn.Cell):
 class QuantizedLinear(nn.Cell):
     """A :class:`Linear` whose weight is int8 or int4 (``weight`` + ``weight_scale``, see :mod:`..quantization`).
 
-    Inference only. On CPU our kernels read the packed weight directly;
-    without them (or off CPU) the weight is dequantized with MindSpore's ops
-    for each product, which is correct and slower.
+    Inference only. On CPU our kernels read the packed weight directly. On
+    Ascend, int8 weights go to MindSpore's ``WeightQuantBatchMatmul`` (per
+    output channel scales in the activation dtype). Elsewhere (GPU, int4 on
+    Ascend, CPU without a compiler) the weight is dequantized with MindSpore's
+    ops for each product, which is correct and slower.
     """
 
     def __init__(self, in_features: int, out_features: int, bits: int, group_size: int,
@@ -75,6 +82,11 @@ class QuantizedLinear(nn.Cell):
                                       requires_grad=False)
         self.bias = Parameter(initializer(Zero(), (out_features,), dtype), name="bias") if bias else None
         self.kernel = cpu_kernels.linear("int8" if bits == 8 else "int4")
+        self.ascend_matmul = None
+        if bits == 8 and is_ascend():
+            from mindspore.ops.auto_generate import WeightQuantBatchMatmul
+
+            self.ascend_matmul = WeightQuantBatchMatmul(transpose_x=False, transpose_weight=True)
 
     @classmethod
     def from_linear(cls, layer: Linear, quantization: QuantizationConfig, bits: int) -> "QuantizedLinear":
@@ -99,6 +111,8 @@ class QuantizedLinear(nn.Cell):
         rows = x.reshape(-1, shape[-1])
         if self.kernel is not None:
             y = self.kernel(rows, self.weight, self.weight_scale)
+        elif self.ascend_matmul is not None:
+            y = self.ascend_matmul(rows, self.weight, self.weight_scale.astype(rows.dtype))
         else:
             y = ops.matmul(rows, self.dequantized(x.dtype).swapaxes(0, 1))
         return add_bias(y, self.bias).reshape(shape[:-1] + (self.out_features,))

@@ -49,9 +49,14 @@ def resolve_dtype(dtype: Any, default=ms.float32):
     raise ValueError(f"unsupported parameter dtype {dtype}; use float32, float16 or bfloat16")
 
 
-def default_compute_dtype(param_dtype):
-    """Compute in the parameter dtype, except bf16 where the device has no bf16 matmul (CPU): fp32."""
-    if param_dtype == ms.bfloat16 and not supports_bf16_compute():
+def default_compute_dtype(param_dtype, quantized: bool = False):
+    """Compute in the parameter dtype, except on CPU for bf16 (no bf16 matmul) and quantized models: fp32.
+
+    A quantized model's products accumulate in fp32 in our kernels either way;
+    16-bit activations would only add conversions around MindSpore's slow CPU
+    float16 elementwise ops.
+    """
+    if not supports_bf16_compute() and (param_dtype == ms.bfloat16 or quantized):
         return ms.float32
     return param_dtype
 
@@ -95,7 +100,8 @@ class ChatGLM3PreTrainedModel(nn.Cell):
         config.validate()
         self.config = config
         self.param_dtype = resolve_dtype(dtype)
-        self.compute_dtype = resolve_dtype(compute_dtype, default_compute_dtype(self.param_dtype))
+        self.compute_dtype = resolve_dtype(compute_dtype, default_compute_dtype(self.param_dtype,
+                                                                                config.quantization is not None))
         self.generation_config = None
 
     # ----------------------------------------------------------- construction
@@ -240,8 +246,9 @@ class ChatGLM3PreTrainedModel(nn.Cell):
         ``bits`` 8 (per output channel) or 4 (per group of ``group_size``) for the
         attention and MLP layers of every block; the output layer gets
         ``output_layer_bits`` (None keeps it in the model's dtype). Embeddings and
-        norms keep their dtype. Layer by layer, so only one float weight is
-        widened at a time. See :mod:`glm3_mindspore.quantization`.
+        norms keep their dtype; on CPU the model then computes in float32.
+        Layer by layer, so only one float weight is widened at a time. See
+        :mod:`glm3_mindspore.quantization`.
         """
         if self.config.quantization is not None:
             raise QuantizationError(f"{type(self).__name__} is already quantized "
@@ -250,12 +257,20 @@ class ChatGLM3PreTrainedModel(nn.Cell):
             raise QuantizationError(f"{type(self).__name__} has a LoRA adapter: merge it first "
                                     "(merge_and_unload), then quantize")
         quantization = QuantizationConfig(bits=bits, group_size=group_size, output_layer_bits=output_layer_bits)
-        for parent, attribute, role in self.quantizable_layers():
+        for path, parent, attribute, role in self.quantizable_layers():
             layer_bits = quantization.bits_for(role)
-            if layer_bits is not None:
-                setattr(parent, attribute, QuantizedLinear.from_linear(getattr(parent, attribute), quantization, layer_bits))
+            if layer_bits is None:
+                continue
+            layer = QuantizedLinear.from_linear(getattr(parent, attribute), quantization, layer_bits)
+            setattr(parent, attribute, layer)
+            for param in layer.get_parameters():  # compiled graphs need unique, full names
+                param.name = f"{path}.{param.name.rsplit('.', 1)[-1]}"
         self.config.quantization_bit = bits
         self.config.quantization_config = quantization.to_dict()
+        compute = default_compute_dtype(self.param_dtype, quantized=True)
+        for _, cell in self.cells_and_names():
+            if isinstance(cell, ChatGLM3PreTrainedModel):  # the model and its base model carry the dtype
+                cell.compute_dtype = compute
         clear = getattr(self, "clear_generation_cache", None)
         if clear is not None:
             clear()  # compiled graphs hold the float layers
@@ -274,12 +289,12 @@ class ChatGLM3PreTrainedModel(nn.Cell):
                 return True
         return False
 
-    def quantizable_layers(self) -> Iterator[Tuple[nn.Cell, str, str]]:
-        """``(parent cell, attribute, role)`` of every float linear layer quantization applies to."""
-        for _, cell in list(self.cells_and_names()):
+    def quantizable_layers(self) -> Iterator[Tuple[str, nn.Cell, str, str]]:
+        """``(path, parent cell, attribute, role)`` of every float linear layer quantization applies to."""
+        for parent_path, cell in list(self.cells_and_names()):
             for attribute, role in QUANTIZABLE_LAYERS.items():
                 if isinstance(getattr(cell, attribute, None), Linear):
-                    yield cell, attribute, role
+                    yield f"{parent_path}.{attribute}" if parent_path else attribute, cell, attribute, role
 
     def state_dict(self) -> Dict[str, np.ndarray]:
         return dict(self.named_weights())

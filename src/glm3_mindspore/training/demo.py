@@ -53,8 +53,19 @@ def split_rows(settings: DemoSettings):
     return train, held_out
 
 
-def run_demo(settings: DemoSettings = DemoSettings(), tokenizer_path: Optional[str] = None, echo=print) -> Dict[str, Dict[str, float]]:
+def demo_datasets(tokenizer, settings: DemoSettings = DemoSettings()):
+    """``(train, evaluation, examples)``: the demo's rows tokenized for training, eval loss and generation."""
     from ..data import AdgenProcessor, DataConfig, build_dataset
+
+    train_rows, eval_rows = split_rows(settings)
+    data = DataConfig(max_source_length=settings.max_source_length, max_target_length=settings.max_target_length)
+    train, _ = build_dataset(train_rows, AdgenProcessor(tokenizer, data))
+    evaluation, _ = build_dataset(eval_rows, AdgenProcessor(tokenizer, data))
+    examples, _ = build_dataset(eval_rows, AdgenProcessor(tokenizer, data, mode="eval"))
+    return train, evaluation, examples
+
+
+def run_demo(settings: DemoSettings = DemoSettings(), tokenizer_path: Optional[str] = None, echo=print) -> Dict[str, Dict[str, float]]:
     from ..modeling import ChatGLM3ForConditionalGeneration
     from ..tokenization import ChatGLM3Tokenizer
     from .arguments import TrainingArguments
@@ -63,11 +74,8 @@ def run_demo(settings: DemoSettings = DemoSettings(), tokenizer_path: Optional[s
     logging.getLogger("glm3_mindspore").setLevel(logging.ERROR)
     started = time.perf_counter()
     tokenizer = ChatGLM3Tokenizer.from_pretrained(tokenizer_path or _bundled_tokenizer())
-    train_rows, eval_rows = split_rows(settings)
-    data = DataConfig(max_source_length=settings.max_source_length, max_target_length=settings.max_target_length)
-    train, _ = build_dataset(train_rows, AdgenProcessor(tokenizer, data))
-    evaluation, _ = build_dataset(eval_rows, AdgenProcessor(tokenizer, data))
-    examples, _ = build_dataset(eval_rows, AdgenProcessor(tokenizer, data, mode="eval"))
+    _, eval_rows = split_rows(settings)
+    train, evaluation, examples = demo_datasets(tokenizer, settings)
 
     config = ChatGLM3Config(**DEMO_MODEL)
     model = ChatGLM3ForConditionalGeneration.from_config(config, ms_dtype="float32")

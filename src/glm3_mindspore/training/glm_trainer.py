@@ -83,7 +83,7 @@ class ChatGLM3Trainer(Trainer):
             raise ValueError("generation-based evaluation needs the trainer's tokenizer")
         from ..chat import chat_stop_ids
 
-        rows = [examples[i] for i in range(min(len(examples), limit or len(examples)))]
+        rows = [examples[i] for i in range(min(len(examples), len(examples) if limit is None else limit))]
         stop_ids = chat_stop_ids(self.tokenizer)
         predictions: List[str] = []
         size = self.args.per_device_eval_batch_size

@@ -8,9 +8,10 @@ it is written under a temporary name and renamed, so concurrent processes
 
 Right after a build, :func:`measure_tuning` times the few choices where no
 single value is best on every CPU (the number of rows up to which streaming
-the weights beats the blocked product, weight rows per tile for one row) and
-stores them beside the library; every process then sets them before the
-kernels run.
+the weights beats the blocked product, weight rows per tile for one row,
+and from how many rows MindSpore's own ``MatMul`` beats ours on float32
+weights) and stores them beside the library; every process then sets them
+before the kernels run.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
@@ -98,6 +100,7 @@ class Tuning:
 
     stream_max_rows: int = 8      # x rows up to which weights stream (decoding) rather than the blocked product
     rows_per_block_one: int = 4   # weight rows a tile reads together when x has one row
+    matmul_from_rows: int = 0     # float32 weights: from this many x rows MindSpore's MatMul is faster (0: never)
 
 
 def open_library(path: Path) -> ctypes.CDLL:
@@ -115,8 +118,8 @@ FORMAT_BF16, FORMAT_INT4 = 2, 4
 STREAMING, BLOCKED = 1, 2
 
 
-def measure_tuning(lib: ctypes.CDLL, repeats: int = 5) -> Tuning:
-    """Time the choices on weights larger than the caches (about a second in all)."""
+def measure_tuning(lib: ctypes.CDLL, path: Path, repeats: int = 5) -> Tuning:
+    """Time the choices on weights larger than the caches (a few seconds in all)."""
     best_rows, best_time = Tuning.rows_per_block_one, float("inf")
     for rows in (2, 4, 8):
         lib.glm3_configure(Tuning.stream_max_rows, rows)
@@ -126,15 +129,47 @@ def measure_tuning(lib: ctypes.CDLL, repeats: int = 5) -> Tuning:
     lib.glm3_configure(Tuning.stream_max_rows, best_rows)
     stream_max = 1
     for rows in (2, 4, 6, 8, 12, 16, 24, 32):
-        streaming = min(lib.glm3_time_linear(fmt, rows, 4096, 4096, STREAMING, repeats)
-                        for fmt in (FORMAT_BF16,))
-        blocked = min(lib.glm3_time_linear(fmt, rows, 4096, 4096, BLOCKED, repeats) for fmt in (FORMAT_BF16,))
+        streaming = lib.glm3_time_linear(FORMAT_BF16, rows, 4096, 4096, STREAMING, repeats)
+        blocked = lib.glm3_time_linear(FORMAT_BF16, rows, 4096, 4096, BLOCKED, repeats)
         if streaming > blocked:
             break
         stream_max = rows
-    tuning = Tuning(stream_max_rows=stream_max, rows_per_block_one=best_rows)
+    lib.glm3_configure(stream_max, best_rows)
+    tuning = Tuning(stream_max_rows=stream_max, rows_per_block_one=best_rows,
+                    matmul_from_rows=matmul_crossover(path, repeats))
     lib.glm3_configure(tuning.stream_max_rows, tuning.rows_per_block_one)
     return tuning
+
+
+def matmul_crossover(path: Path, repeats: int, rows=(1, 8, 32, 128)) -> int:
+    """The fewest rows of x from which MindSpore's ``MatMul`` beats our kernel on a float32 weight (0: never)."""
+    import mindspore as ms
+    import numpy as np
+    from mindspore import Tensor, ops
+
+    ours = ops.Custom(f"{path}:LinearDense", out_shape=lambda x, w: (x[0], w[0]), out_dtype=lambda x, w: x,
+                      func_type="aot")
+    theirs = ops.MatMul(transpose_b=True)
+    weight = Tensor(np.random.default_rng(0).standard_normal((4096, 4096), dtype=np.float32))
+
+    def fastest(op, x) -> float:
+        def product(a, b):
+            return op(a, b)
+
+        run = ms.jit(product)
+        run(x, weight).asnumpy()  # compiles
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run(x, weight).asnumpy()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    for count in rows:
+        x = Tensor(np.ones((count, 4096), np.float32))
+        if fastest(theirs, x) < 0.97 * fastest(ours, x):
+            return count
+    return 0
 
 
 def load_tuning(library: Path, lib: ctypes.CDLL) -> Tuning:
@@ -147,7 +182,7 @@ def load_tuning(library: Path, lib: ctypes.CDLL) -> Tuning:
         except (ValueError, TypeError):
             tuning = None
     if tuning is None:
-        tuning = measure_tuning(lib)
+        tuning = measure_tuning(lib, library)
         handle, partial = tempfile.mkstemp(suffix=".json.partial", dir=stored.parent)
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             json.dump(asdict(tuning), out)

@@ -126,12 +126,11 @@ static void stream_linear_r(const F& f, const float* x, int64_t M, int64_t N, in
   if constexpr (F::kGrouped) chunk = M <= 4 ? K : std::max<int64_t>(f.group, chunk / f.group * f.group);
   const int64_t blocks = N / R;
   parallel_ranges(blocks + (N % R ? 1 : 0), [&](int64_t first, int64_t last) {
-    for (int64_t k0 = 0; k0 < K; k0 += chunk) {
-      const int64_t k1 = std::min(K, k0 + chunk);
-      for (int64_t b = first; b < std::min(last, blocks); ++b) stream_rows<R>(f, x, M, N, K, b * R, k0, k1, y);
-      if (last > blocks)  // the rows that do not fill a block
-        for (int64_t n = blocks * R; n < N; ++n) stream_block<1>(f, x, M, N, K, n, k0, k1, y);
-    }
+    for (int64_t b = first; b < std::min(last, blocks); ++b)
+      for (int64_t k0 = 0; k0 < K; k0 += chunk) stream_rows<R>(f, x, M, N, K, b * R, k0, std::min(K, k0 + chunk), y);
+    if (last > blocks)  // the rows that do not fill a block
+      for (int64_t n = blocks * R; n < N; ++n)
+        for (int64_t k0 = 0; k0 < K; k0 += chunk) stream_block<1>(f, x, M, N, K, n, k0, std::min(K, k0 + chunk), y);
   });
 }
 
