@@ -5,7 +5,10 @@ import os
 import pickle
 import shutil
 import struct
+import subprocess
+import sys
 import zipfile
+from pathlib import Path
 
 import mindspore as ms
 import numpy as np
@@ -197,6 +200,40 @@ def test_legacy_and_corrupt_torch_files_get_clear_errors(tmp_path):
     _zip_with_pickle(broken, b"\x80\x02}q\x00(X\x01")
     with pytest.raises(CheckpointError, match=f"{broken}: corrupt data.pkl"):
         list(iter_torch_file(broken))
+
+
+def _repack_with_inflating_storage(source: Path, target: Path, inflated_bytes: int) -> None:
+    """``source`` with its first storage replaced by a deflated entry of ``inflated_bytes`` zeros."""
+    chunk = bytes(1 << 20)
+    with zipfile.ZipFile(source) as original, zipfile.ZipFile(target, "w") as repacked:
+        for info in original.infolist():
+            if not info.filename.endswith("/data/0"):
+                repacked.writestr(info, original.read(info))
+                continue
+            entry = zipfile.ZipInfo(info.filename)
+            entry.compress_type = zipfile.ZIP_DEFLATED
+            with repacked.open(entry, "w") as handle:
+                for _ in range(inflated_bytes // len(chunk)):
+                    handle.write(chunk)
+
+
+def test_torch_file_with_a_compressed_entry_is_refused_before_it_is_inflated(tmp_path):
+    # Before: the 200 MB the entry claims were inflated into memory for a 4-float tensor.
+    small = tmp_path / "small.bin"
+    save_torch_file(small, {"w": np.zeros(4, np.float32)})
+    bomb = tmp_path / "pytorch_model.bin"
+    _repack_with_inflating_storage(small, bomb, 200 << 20)
+    assert bomb.stat().st_size < 1 << 20
+    code = ("import resource, sys; from glm3_mindspore.checkpoints.torch_pickle import iter_torch_file; "
+            "from glm3_mindspore.checkpoints import CheckpointError; "
+            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            "try:\n    list(iter_torch_file(sys.argv[1]))\nexcept CheckpointError as exc:\n    print(exc)\n"
+            "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)")
+    out = subprocess.run([sys.executable, "-c", code, str(bomb)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    message, grown_mb = out.stdout.strip().rsplit("\n", 1)
+    assert f"{bomb}: zip entry 'archive/data/0' is compressed" in message
+    assert int(grown_mb) < 50
 
 
 # ----------------------------------------------------------------------------- save -> load
