@@ -101,6 +101,11 @@ def iter_tensors(files: Iterable[Path], progress: bool = False) -> Iterator[Tupl
             bar.close()
 
 
+def tensor_shapes(files: Iterable[Path]) -> Dict[str, Tuple[int, ...]]:
+    """Name -> shape of every tensor in ``files``, read from the headers (the data is memory-mapped, not read)."""
+    return {name: tuple(array.shape) for name, array in iter_tensors(files)}
+
+
 def parse_size(size: Union[int, str]) -> int:
     """``"5GB"`` / ``"500MB"`` / ``"2GiB"`` / ``1000000`` -> bytes."""
     if isinstance(size, int):
