@@ -147,13 +147,18 @@ def write_weights(
             pending.append((tmp, list(shard), shard_bytes))
             shard, shard_bytes = {}, 0
 
-    for name, array in named_arrays:
-        if shard and shard_bytes + array.nbytes > limit:
-            flush()
-        shard[name] = array
-        shard_bytes += array.nbytes
-        total += array.nbytes
-    flush()
+    try:
+        for name, array in named_arrays:
+            if shard and shard_bytes + array.nbytes > limit:
+                flush()
+            shard[name] = array
+            shard_bytes += array.nbytes
+            total += array.nbytes
+        flush()
+    except BaseException:  # shards already written under temporary names must not stay behind
+        for tmp, _, _ in pending:
+            tmp.unlink(missing_ok=True)
+        raise
 
     count = len(pending)
     final: List[Path] = []
