@@ -47,6 +47,14 @@ def test_wrong_keys_and_values_name_their_place(tmp_path):
     bad.write_text(good.replace("type: polynomial", "type: exponential"))
     with pytest.raises(ConfigError, match=r"lr_schedule.type: unknown schedule 'exponential'"):
         load_finetune_config(bad)
+    bad.write_text(good.replace("type: AdamW", "type: EvilOptimizer"))  # before: trained anyway
+    with pytest.raises(ConfigError, match=r"bad.yaml:\d+: optimizer.type: unknown optimizer 'EvilOptimizer'; "
+                                          r"use one of AdamW, AdamWeightDecay, FP32StateAdamWeightDecay"):
+        load_finetune_config(bad)
+    with pytest.raises(ConfigError, match=r"optimizer.type: unknown optimizer 'SGD'"):
+        load_finetune_config(CONFIGS / "tiny" / "run_glm3_tiny_finetune.yaml", ["optimizer.type=SGD"])
+    with pytest.raises(ConfigError, match=r"lr_schedule.type: unknown schedule 'exponential'; use one of constant"):
+        load_finetune_config(CONFIGS / "tiny" / "run_glm3_tiny_finetune.yaml", ["lr_schedule.type=exponential"])
     bad.write_text(good + "\nlearning_rate: 3\n")
     with pytest.raises(ConfigError, match=r"bad.yaml:\d+: learning_rate: unknown key"):
         load_finetune_config(bad)
