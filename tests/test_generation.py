@@ -154,6 +154,19 @@ def test_prompt_not_shorter_than_max_length_is_a_clear_error(model, expected):
         model.generate(prompt, max_length=10)
 
 
+def test_prompt_too_long_error_cites_the_limits_the_caller_gave(model):
+    # Before: "... too many for max_length=20 and the model's seq_length=512" when only max_new_tokens was given.
+    long_prompt = np.array([[64790, 64792] + [30910] * 600])
+    with pytest.raises(PromptTooLongError) as caught:
+        model.generate(long_prompt, max_new_tokens=4)
+    message = str(caught.value)
+    assert message.startswith("the prompt has 602 tokens with max_new_tokens=4: 91 too many for the model's "
+                              "seq_length=512") and "max_length" not in message
+    with pytest.raises(PromptTooLongError, match=r"too many for max_length=600 and the model's seq_length=512 "
+                                                 r"\(pass truncate_prompt=True .*raise max_length"):
+        model.generate(long_prompt, max_length=600)
+
+
 def test_bad_arguments_are_named(model, expected):
     prompt = expected["chat_input_ids"]
     with pytest.raises(GenerationConfigError, match="num_beams must be an int >= 1"):

@@ -181,16 +181,13 @@ class GenerationMixin:
         length = prompt.shape[1]
         limit = self.config.seq_length
         first_position = int(positions[:, -1].max()) + 1
-        overflow = max(first_position + 1 - limit, 0)  # room for at least one new token
-        if config.max_new_tokens is None:
-            overflow = max(overflow, length + 1 - config.max_length)
+        over_seq_length = max(first_position + 1 - limit, 0)  # room for at least one new token
+        over_max_length = max(length + 1 - config.max_length, 0) if config.max_new_tokens is None else 0
+        overflow = max(over_seq_length, over_max_length)
         if overflow:
             if not truncate:
-                raise PromptTooLongError(
-                    f"the prompt has {length} tokens: {overflow} too many for max_length={config.max_length} "
-                    f"and the model's seq_length={limit} (pass truncate_prompt=True to drop the oldest tokens, "
-                    "or raise max_length / use max_new_tokens)"
-                )
+                raise PromptTooLongError(_too_long_message(length, overflow, config, over_max_length, limit,
+                                                           over_seq_length))
             keep = _truncated_columns(prompt, overflow)
             prompt, mask = prompt[:, keep], mask[:, keep]
             positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
@@ -300,6 +297,20 @@ class _FullRecompute:
 
     def state(self) -> None:
         return None
+
+
+def _too_long_message(length: int, overflow: int, config: GenerationConfig, over_max_length: int,
+                      seq_length: int, over_seq_length: int) -> str:
+    """Which limit the prompt breaks, in the terms the caller used (``max_length`` only when it applies)."""
+    limits = []
+    if over_max_length:
+        limits.append(f"max_length={config.max_length}")
+    if over_seq_length:
+        limits.append(f"the model's seq_length={seq_length}")
+    fixes = "raise max_length or pass max_new_tokens" if over_max_length else "shorten the prompt"
+    asked = "" if config.max_new_tokens is None else f" with max_new_tokens={config.max_new_tokens}"
+    return (f"the prompt has {length} tokens{asked}: {overflow} too many for {' and '.join(limits)} "
+            f"(pass truncate_prompt=True to drop the oldest tokens, or {fixes})")
 
 
 def _as_2d_int(value, name: str) -> np.ndarray:
