@@ -411,3 +411,21 @@ def test_from_pretrained_loads_a_mindformers_ckpt_file(tmp_path, hub_weights, ti
     auto = AutoModel.from_pretrained(ckpt, ms_dtype=ms.float32, progress=False)
     for model in (by_config, beside, auto):
         assert_same_bits(params_of(model), params_of(tiny_model))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_save_pretrained_writes_files_with_the_mode_the_umask_gives(tmp_path, tiny_model, tokenizer, umask):
+    # Before: every file was 0600 (the temporary file's), unreadable by a server running as another user.
+    import stat
+
+    previous = os.umask(umask)
+    try:
+        tiny_model.save_pretrained(tmp_path / "st", max_shard_size="2MB")
+        tiny_model.save_pretrained(tmp_path / "bin", safe_serialization=False)
+        tokenizer.save_pretrained(tmp_path / "st")
+        save_ckpt(tmp_path / "model.ckpt", tiny_model.named_weights())
+    finally:
+        os.umask(previous)
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(files) > 6
+    assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == {p.name: oct(0o666 & ~umask) for p in files}
