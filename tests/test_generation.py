@@ -232,3 +232,44 @@ def test_bf16_parameters_generate_compiled_like_pynative(expected):
     prompt = expected["chat_input_ids"]
     compiled = model.generate(prompt, max_new_tokens=6, eos_token_id=[])
     assert compiled.tolist() == model.generate(prompt, max_new_tokens=6, eos_token_id=[], compiled=False).tolist()
+
+
+# ---------------------------------------------------------------------- out of memory
+MINDSPORE_OOM = ("Memory not enough: current free memory size[1048576] is smaller than required size[4294967296].\n\n"
+                 "----------------------------------------------------\n- C++ Call Stack: (For framework developers)\n"
+                 "mindspore/ccsrc/memory/mem_pool/mem_dynamic_allocator.cc:212 AllocTensorMem\n")
+
+
+def test_mindspore_out_of_memory_becomes_a_clear_package_error_in_generate_and_chat(model, tokenizer, monkeypatch):
+    # Before: MindSpore's RuntimeError and its C++ stack reached the caller.
+    from glm3_mindspore import OutOfMemoryError
+    from glm3_mindspore.generation.engine import DecodingEngine
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError(MINDSPORE_OOM)
+
+    monkeypatch.setattr(DecodingEngine, "run", out_of_memory)
+    calls = [lambda: model.generate(np.array([[64790, 64792, 30910]]), max_new_tokens=2),
+             lambda: model.chat(tokenizer, "你好"),
+             lambda: next(model.stream_chat(tokenizer, "你好"))]
+    for call in calls:
+        with pytest.raises(OutOfMemoryError) as caught:
+            call()
+        message = str(caught.value)
+        assert isinstance(caught.value, MemoryError) and caught.value.__cause__ is None
+        parameters = f"{model.num_parameters():,}"
+        assert message.startswith(f"generation ran out of host (CPU) memory: the model has {parameters} parameters")
+        for advice in ("quantization_bit=8 or 4", "shorten the prompt", "smaller batch", "required size[4294967296]"):
+            assert advice in message
+        assert "C++ Call Stack" not in message
+
+
+def test_other_mindspore_runtime_errors_pass_through_generate(model, monkeypatch):
+    from glm3_mindspore.generation.engine import DecodingEngine
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("some other kernel failure")
+
+    monkeypatch.setattr(DecodingEngine, "run", broken)
+    with pytest.raises(RuntimeError, match="some other kernel failure"):
+        model.generate(np.array([[64790, 64792, 30910]]), max_new_tokens=2)

@@ -41,6 +41,13 @@ _LAZY = {
     "GenerationConfig": "generation",
     "TextStreamer": "generation",
     "TextIteratorStreamer": "generation",
+    # one error type per layer, catchable from the package root
+    "CheckpointError": "checkpoints",
+    "WeightLoadingError": "modeling",
+    "GenerationConfigError": "generation",
+    "PromptTooLongError": "generation",
+    "OutOfMemoryError": "generation",
+    "DataError": "data",
 }
 
 __all__ = [
