@@ -1,14 +1,13 @@
 """``glm3 data check`` and the forgiving JSON-lines reader behind it."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from glm3_mindspore.cli import main
 from glm3_mindspore.data import DataError, load_json_rows, read_json_rows
 from glm3_mindspore.resources import adgen_dev_path
+from conftest import run_measured
 
 
 # ------------------------------------------------------------------ reader
@@ -107,16 +106,10 @@ def test_check_streams_a_50_mb_line_in_bounded_time_and_memory(tmp_path):
     path = tmp_path / "huge.json"
     with open(path, "w", encoding="utf-8") as handle:
         handle.write('{"content": "' + "x" * (50 << 20) + '", "summary": "s"}\n{"content": "c", "summary": "s"}\n')
-    code = ("import resource, sys, time; from glm3_mindspore.cli import main; "
-            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; start = time.perf_counter(); "
-            "code = main(['data', 'check', sys.argv[1]]); "
-            "print(code, round(time.perf_counter() - start, 2), "
-            "(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)")
-    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
-    exit_code, seconds, grown_mb = out.stdout.split()[-3:]
-    assert exit_code == "1" and "line 1: row longer than 1048576 bytes" in out.stderr
-    assert "2 rows, 1 usable, 1 malformed" in out.stdout
-    assert float(seconds) < 5 and int(grown_mb) < 50
+    check = run_measured("from glm3_mindspore.cli import main", "main(['data', 'check', sys.argv[1]])", str(path))
+    assert check["result"] == "1" and "line 1: row longer than 1048576 bytes" in check["stderr"]
+    assert "2 rows, 1 usable, 1 malformed" in check["stdout"]
+    assert check["seconds"] < 5 and check["grown_mb"] < 50
 
 
 @pytest.mark.parametrize("content", ["", "\n\n  \n", "\ufeff"])

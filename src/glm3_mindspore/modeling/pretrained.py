@@ -83,9 +83,12 @@ class LoadReport:
         if self.unexpected:
             parts.append(f"unexpected (not used): {_listing(self.unexpected)}")
         if self.mismatched:
-            parts.append("shape mismatch: " + _listing(
-                [f"{n} checkpoint {tuple(a)} vs model {tuple(b)}" for n, a, b in self.mismatched]))
+            parts.append(self.mismatches())
         return "; ".join(parts)
+
+    def mismatches(self) -> str:
+        return "shape mismatch: " + _listing(
+            [f"{n} checkpoint {tuple(a)} vs model {tuple(b)}" for n, a, b in self.mismatched])
 
     def check(self, model_name: str, allowed_missing: Sequence[str], strict: bool = False) -> None:
         """Raise :class:`WeightLoadingError` for shape mismatches and for missing weights not allowed.
@@ -97,8 +100,7 @@ class LoadReport:
         refused = [n for n in self.missing if not any(fnmatch.fnmatchcase(n, p) for p in allowed_missing)]
         problems = []
         if self.mismatched:
-            problems.append("shape mismatch: " + _listing(
-                [f"{n} checkpoint {tuple(a)} vs model {tuple(b)}" for n, a, b in self.mismatched]))
+            problems.append(self.mismatches())
         if refused:
             problems.append(f"missing from the checkpoint: {_listing(refused)} (pass allow_missing=[names] "
                             "for weights you mean to train from their initial values)")
