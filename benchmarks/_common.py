@@ -8,6 +8,7 @@ from a slow one.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from typing import Any, Callable, Tuple
 
@@ -32,3 +33,15 @@ def timed(fn: Callable[[], Any]) -> Tuple[float, float, Any]:
     elapsed = time.perf_counter() - start
     others = (busy_cpu_seconds() - busy) - (time.process_time() - own)
     return elapsed, max(others, 0.0) / elapsed, result
+
+
+def wait_for_quiet(limit: float, timeout: float, window: float = 5.0) -> float:
+    """Wait (at most ``timeout`` s) until other processes use under ``limit`` cores for ``window`` s; the last load."""
+    deadline = time.perf_counter() + timeout
+    while True:
+        busy = busy_cpu_seconds()
+        time.sleep(window)
+        load = max(busy_cpu_seconds() - busy, 0.0) / window
+        if load < limit or time.perf_counter() >= deadline or load != load:
+            return load
+        print(f"  waiting for a quiet machine (other processes use {load:.2f} cores)", file=sys.stderr, flush=True)

@@ -53,7 +53,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import busy_cpu_seconds, timed  # noqa: E402
+from _common import busy_cpu_seconds, timed, wait_for_quiet  # noqa: E402
 TORCH_WORKER = HERE / "_torch_glm_worker.py"
 COMMON = dict(padded_vocab_size=65024, kv_channels=128, multi_query_attention=True, multi_query_group_num=2,
               add_qkv_bias=True, add_bias_linear=False, rmsnorm=True, seq_length=2048, layernorm_epsilon=1e-5)
@@ -149,18 +149,6 @@ def run_child(cmd: List[str], what: str) -> float:
         sys.exit(f"bench_generate: {what} failed (exit {proc.returncode}): {' '.join(cmd)}")
     print(f"  {wall:.0f}s; other processes used {background:.2f} cores meanwhile", file=sys.stderr, flush=True)
     return background
-
-
-def wait_for_quiet(limit: float, timeout: float, window: float = 5.0) -> float:
-    """Wait (at most ``timeout`` s) until other processes use under ``limit`` cores for ``window`` s."""
-    deadline = time.perf_counter() + timeout
-    while True:
-        busy = busy_cpu_seconds()
-        time.sleep(window)
-        load = max(busy_cpu_seconds() - busy, 0.0) / window
-        if load < limit or time.perf_counter() >= deadline or load != load:
-            return load
-        print(f"  waiting for a quiet machine (other processes use {load:.2f} cores)", file=sys.stderr, flush=True)
 
 
 def measure(cmd: List[str], what: str, out: Path, args, pooled: Optional[dict]) -> dict:

@@ -50,3 +50,33 @@ def expected():
 @pytest.fixture(scope="session")
 def expected_train():
     return dict(np.load(FIXTURES / "expected_train.npz"))
+
+
+MEASURED = """
+import json, resource, sys, time
+{setup}
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+start = time.perf_counter()
+try:
+    result = repr({expression})
+except Exception as exc:
+    result = f"{{type(exc).__name__}}: {{exc}}"
+grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+print(json.dumps({{"result": result, "seconds": time.perf_counter() - start, "grown_mb": grown}}))
+"""
+
+
+def run_measured(setup: str, expression: str, *argv: str) -> dict:
+    """``expression`` in a fresh interpreter after ``setup``: its repr (or ``"Error: message"``), the
+    seconds it took and how far it raised the peak RSS (MB), plus the process's ``stdout`` and ``stderr``.
+
+    For hostile-input tests: the bound is on one call, not on whatever the test session did before.
+    """
+    import subprocess
+    import sys
+
+    code = MEASURED.format(setup=setup, expression=expression)
+    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    *printed, last = out.stdout.strip().splitlines()
+    return {**json.loads(last), "stdout": "\n".join(printed), "stderr": out.stderr}

@@ -157,3 +157,10 @@ def test_format_and_parse_tool_call_round_trip():
     text = format_tool_call(parameters)
     assert text.startswith("```python\ntool_call(city='北京', days=3") and text.endswith("\n```")
     assert parse_tool_call(text) == parameters
+
+
+def test_chat_refuses_a_dict_history_saying_history_must_be_a_list(model, tokenizer):
+    # Before: "messages[0]: expected a dict with 'role' and 'content', got str" (the dict's keys were read).
+    for chat in (model.chat, lambda *a, **k: next(model.stream_chat(*a, **k))):
+        with pytest.raises(ConversationError, match="history must be a list of messages, got dict"):
+            chat(tokenizer, "你好", history={"role": "user", "content": "hi"})

@@ -6,6 +6,7 @@ import pickle
 import shutil
 import struct
 import zipfile
+from pathlib import Path
 
 import mindspore as ms
 import numpy as np
@@ -19,7 +20,7 @@ from glm3_mindspore.checkpoints.safetensors_io import iter_safetensors, load_saf
 from glm3_mindspore.checkpoints.torch_pickle import iter_torch_file, save_torch_file
 from glm3_mindspore.modeling import ChatGLM3ForConditionalGeneration
 from glm3_mindspore.modeling.pretrained import WeightLoadingError
-from conftest import FIXTURES, TINY, TINY_BIN
+from conftest import FIXTURES, TINY, TINY_BIN, run_measured
 
 TORCH_PICKLES = FIXTURES / "torch_pickles"
 EMBEDDING = "transformer.embedding.word_embeddings.weight"
@@ -199,6 +200,34 @@ def test_legacy_and_corrupt_torch_files_get_clear_errors(tmp_path):
         list(iter_torch_file(broken))
 
 
+def _repack_with_inflating_storage(source: Path, target: Path, inflated_bytes: int) -> None:
+    """``source`` with its first storage replaced by a deflated entry of ``inflated_bytes`` zeros."""
+    chunk = bytes(1 << 20)
+    with zipfile.ZipFile(source) as original, zipfile.ZipFile(target, "w") as repacked:
+        for info in original.infolist():
+            if not info.filename.endswith("/data/0"):
+                repacked.writestr(info, original.read(info))
+                continue
+            entry = zipfile.ZipInfo(info.filename)
+            entry.compress_type = zipfile.ZIP_DEFLATED
+            with repacked.open(entry, "w") as handle:
+                for _ in range(inflated_bytes // len(chunk)):
+                    handle.write(chunk)
+
+
+def test_torch_file_with_a_compressed_entry_is_refused_before_it_is_inflated(tmp_path):
+    # Before: the 200 MB the entry claims were inflated into memory for a 4-float tensor.
+    small = tmp_path / "small.bin"
+    save_torch_file(small, {"w": np.zeros(4, np.float32)})
+    bomb = tmp_path / "pytorch_model.bin"
+    _repack_with_inflating_storage(small, bomb, 200 << 20)
+    assert bomb.stat().st_size < 1 << 20
+    read = run_measured("from glm3_mindspore.checkpoints.torch_pickle import iter_torch_file",
+                        "list(iter_torch_file(sys.argv[1]))", str(bomb))
+    assert read["result"].startswith(f"CheckpointError: {bomb}: zip entry 'archive/data/0' is compressed")
+    assert read["grown_mb"] < 50
+
+
 # ----------------------------------------------------------------------------- save -> load
 @pytest.mark.parametrize("safe", [True, False], ids=["safetensors", "bin"])
 def test_save_pretrained_then_load_is_bit_identical(tmp_path, tiny_model, safe):
@@ -288,13 +317,15 @@ def test_missing_unexpected_and_mismatched_are_reported_by_name(hub_weights):
     del weights["transformer.encoder.final_layernorm.weight"]
     weights["transformer.extra.weight"] = np.zeros(3, np.float16)
     model = ChatGLM3ForConditionalGeneration(_tiny_config())
-    report = model.load_weights(weights)
+    with pytest.raises(WeightLoadingError, match="missing from the checkpoint: transformer.encoder.final_layernorm"):
+        model.load_weights(weights)
+    report = model.load_weights(weights, allow_missing=["transformer.encoder.final_layernorm.*"])
     assert report.missing == ["transformer.encoder.final_layernorm.weight"]
     assert report.unexpected == ["transformer.extra.weight"]
     assert report.ignored == ["transformer.rotary_pos_emb.inv_freq"]
     assert "transformer.extra.weight" in report.summary()
     with pytest.raises(WeightLoadingError, match="missing.*final_layernorm"):
-        model.load_weights(weights, strict=True)
+        model.load_weights(weights, strict=True, allow_missing=True)
 
     weights = dict(hub_weights)
     weights["transformer.output_layer.weight"] = np.zeros((10, 32), np.float16)
@@ -302,11 +333,91 @@ def test_missing_unexpected_and_mismatched_are_reported_by_name(hub_weights):
         model.load_weights(weights)
 
 
-def test_from_pretrained_initialises_what_the_checkpoint_lacks(tmp_path, hub_weights):
-    weights = {k: v for k, v in hub_weights.items() if k != "transformer.encoder.final_layernorm.weight"}
+def _tiny_folder_without(tmp_path, hub_weights, name):
+    weights = {k: v for k, v in hub_weights.items() if k != name}
     save_safetensors(tmp_path / "model.safetensors", weights)
     shutil.copy(TINY / "config.json", tmp_path)
-    model = ChatGLM3ForConditionalGeneration.from_pretrained(tmp_path, ms_dtype=ms.float32, progress=False)
-    assert model.loading_info.missing == ["transformer.encoder.final_layernorm.weight"]
+    return tmp_path
+
+
+def test_from_pretrained_refuses_a_checkpoint_missing_a_tensor_naming_it(tmp_path, hub_weights):
+    # Before: loaded with the weight at its initial value and only a warning.
+    folder = _tiny_folder_without(tmp_path, hub_weights, "transformer.encoder.layers.1.mlp.dense_4h_to_h.weight")
+    with pytest.raises(WeightLoadingError, match=r"missing from the checkpoint: "
+                                                 r"transformer.encoder.layers.1.mlp.dense_4h_to_h.weight \(pass allow_missing"):
+        ChatGLM3ForConditionalGeneration.from_pretrained(folder, progress=False)
+
+
+def test_from_pretrained_allow_missing_initialises_what_the_checkpoint_lacks(tmp_path, hub_weights):
+    folder = _tiny_folder_without(tmp_path, hub_weights, "transformer.encoder.final_layernorm.weight")
+    for allow in (["transformer.encoder.final_layernorm.weight"], ["*.final_layernorm.*"], True):
+        model = ChatGLM3ForConditionalGeneration.from_pretrained(folder, ms_dtype=ms.float32, progress=False,
+                                                                 allow_missing=allow)
+        assert model.loading_info.missing == ["transformer.encoder.final_layernorm.weight"]
     norm = dict(model.parameters_and_names())["transformer.encoder.final_layernorm.weight"]
     np.testing.assert_array_equal(norm.asnumpy(), np.ones(32, np.float32))  # its initial value, not garbage
+
+
+def test_heads_one_trains_may_be_missing_without_an_opt_out():
+    from glm3_mindspore.modeling import ChatGLM3ForSequenceClassification
+
+    classifier = ChatGLM3ForSequenceClassification.from_pretrained(TINY, num_labels=3, progress=False)
+    assert classifier.loading_info.missing == ["classifier_head.weight", "classifier_head.bias"]
+    ptuning = ChatGLM3ForConditionalGeneration.from_pretrained(TINY, pre_seq_len=4, progress=False)
+    assert ptuning.loading_info.missing == ["transformer.prefix_encoder.embedding.weight"]
+
+
+def test_config_that_does_not_fit_the_checkpoint_is_refused_before_the_network_is_built(tmp_path):
+    # Before: num_layers 1000000 beside a 2-layer checkpoint built for minutes and kept growing.
+    import time
+
+    from glm3_mindspore import ConfigError
+
+    shutil.copy(TINY / "model.safetensors", tmp_path)
+    config = json.loads((TINY / "config.json").read_text())
+    for field, value, error, message in [
+        ("num_layers", 1_000_000, ConfigError, "more than the sanity bound"),
+        ("num_layers", 500, WeightLoadingError, r"num_layers=500 but the checkpoint holds 2 \(layers 0..1\)"),
+        ("hidden_size", 4096, WeightLoadingError, r"shape mismatch: transformer.embedding.word_embeddings.weight "
+                                                  r"checkpoint \(\d+, 32\) vs model \(\d+, 4096\)"),
+        ("ffn_hidden_size", 64, WeightLoadingError, "dense_h_to_4h.weight checkpoint"),
+    ]:
+        (tmp_path / "config.json").write_text(json.dumps({**config, field: value}))
+        start = time.perf_counter()
+        with pytest.raises(error, match=message):
+            ChatGLM3ForConditionalGeneration.from_pretrained(tmp_path, progress=False)
+        assert time.perf_counter() - start < 10, field
+
+
+def test_from_pretrained_loads_a_mindformers_ckpt_file(tmp_path, hub_weights, tiny_model):
+    # Before: "not a UTF-8 text file" (the .ckpt was read as config.json).
+    ckpt = tmp_path / "glm3_tiny.ckpt"
+    save_ckpt(ckpt, hub_weights.items(), names="mindformers")
+    with pytest.raises(WeightLoadingError, match="num_layers=28 but the checkpoint holds 2.*pass the config"):
+        ChatGLM3ForConditionalGeneration.from_pretrained(ckpt, progress=False)  # no config: ChatGLM3-6B assumed
+    by_config = ChatGLM3ForConditionalGeneration.from_pretrained(ckpt, config=_tiny_config(), ms_dtype=ms.float32)
+    shutil.copy(TINY / "config.json", tmp_path)
+    beside = ChatGLM3ForConditionalGeneration.from_pretrained(ckpt, ms_dtype=ms.float32, progress=False)
+    from glm3_mindspore import AutoModel
+
+    auto = AutoModel.from_pretrained(ckpt, ms_dtype=ms.float32, progress=False)
+    for model in (by_config, beside, auto):
+        assert_same_bits(params_of(model), params_of(tiny_model))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_save_pretrained_writes_files_with_the_mode_the_umask_gives(tmp_path, tiny_model, tokenizer, umask):
+    # Before: every file was 0600 (the temporary file's), unreadable by a server running as another user.
+    import stat
+
+    previous = os.umask(umask)
+    try:
+        tiny_model.save_pretrained(tmp_path / "st", max_shard_size="2MB")
+        tiny_model.save_pretrained(tmp_path / "bin", safe_serialization=False)
+        tokenizer.save_pretrained(tmp_path / "st")
+        save_ckpt(tmp_path / "model.ckpt", tiny_model.named_weights())
+    finally:
+        os.umask(previous)
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(files) > 6
+    assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == {p.name: oct(0o666 & ~umask) for p in files}

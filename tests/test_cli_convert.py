@@ -85,3 +85,49 @@ def test_corrupt_source_is_reported_by_file_name(tmp_path, capsys):
     err = capsys.readouterr().err
     assert str(bad) in err and "truncated or corrupt" in err
     assert not (tmp_path / "o.ckpt").exists()
+
+
+def _tiny_folder_with(tmp_path, change):
+    """The tiny model's folder with its weights edited by ``change(weights)``."""
+    from glm3_mindspore.checkpoints.safetensors_io import save_safetensors
+
+    folder = tmp_path / "edited"
+    folder.mkdir()
+    weights = load_safetensors(TINY / "model.safetensors")
+    change(weights)
+    save_safetensors(folder / "model.safetensors", weights)
+    (folder / "config.json").write_text((TINY / "config.json").read_text())
+    return folder
+
+
+DENSE = "transformer.encoder.layers.0.mlp.dense_4h_to_h.weight"
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda w: w.update({DENSE: np.ascontiguousarray(w[DENSE].T)}), rf"{DENSE} checkpoint \(96, 32\) vs model \(32, 96\)"),
+    (lambda w: w.update({DENSE: w[DENSE][:, :10].copy()}), rf"{DENSE} checkpoint \(32, 10\)"),
+    (lambda w: w.pop(DENSE), f"missing from the checkpoint: {DENSE}"),
+], ids=["transposed", "mis-shaped", "missing"])
+def test_convert_refuses_tensors_that_do_not_fit_the_config_and_writes_nothing(tmp_path, capsys, change, message):
+    # Before: exit 0 and a .ckpt of the bad tensors.
+    source = _tiny_folder_with(tmp_path, change)
+    for to, dst in (("ckpt", tmp_path / "out.ckpt"), ("safetensors", tmp_path / "out")):
+        assert convert("--src", str(source), "--dst", str(dst), "--to", to) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("glm3 convert: error: the weights of") and "Traceback" not in err
+        assert __import__("re").search(message, err), err
+        assert not dst.exists()
+
+
+def test_failed_convert_to_safetensors_leaves_no_dst_folder(tmp_path, capsys, monkeypatch):
+    # Before: the --dst folder was created, then left (empty) when writing failed.
+    from glm3_mindspore.checkpoints import hub_layout
+
+    def disk_full(path, tensors, metadata=None):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(hub_layout, "save_safetensors", disk_full)
+    out = tmp_path / "out"
+    assert convert("--src", str(TINY), "--dst", str(out), "--to", "safetensors") == 1
+    assert "No space left on device" in capsys.readouterr().err
+    assert not out.exists()

@@ -7,6 +7,7 @@ import pytest
 from glm3_mindspore.cli import main
 from glm3_mindspore.data import DataError, load_json_rows, read_json_rows
 from glm3_mindspore.resources import adgen_dev_path
+from conftest import run_measured
 
 
 # ------------------------------------------------------------------ reader
@@ -88,3 +89,35 @@ def test_check_without_tokenizer_and_bad_invocations(tmp_path, capsys):
     assert main(["data", "check", str(adgen_dev_path()), "--max-source-length", "0"]) == 1
     assert "max_source_length must be a positive integer" in capsys.readouterr().err
     assert main(["data"]) == 2
+
+
+# ------------------------------------------------------------------ hostile and careless input
+def test_reader_reports_a_row_longer_than_the_limit_without_reading_it(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"a": 1}\n{"a": "' + "x" * 5000 + '"}\n{"a": 2}\n{"a": "' + "y" * 5000 + '"}')
+    result = read_json_rows(path, max_row_bytes=1000)
+    assert result.rows == [{"a": 1}, {"a": 2}] and result.where == ["line 1", "line 3"]
+    assert [str(e) for e in result.errors] == [
+        f"{path}: line {n}: row longer than 1000 bytes, the limit (max_row_bytes): not read" for n in (2, 4)]
+
+
+def test_check_streams_a_50_mb_line_in_bounded_time_and_memory(tmp_path):
+    # Before: 24 s and 2.98 GB for one 50 MB line.
+    path = tmp_path / "huge.json"
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write('{"content": "' + "x" * (50 << 20) + '", "summary": "s"}\n{"content": "c", "summary": "s"}\n')
+    check = run_measured("from glm3_mindspore.cli import main", "main(['data', 'check', sys.argv[1]])", str(path))
+    assert check["result"] == "1" and "line 1: row longer than 1048576 bytes" in check["stderr"]
+    assert "2 rows, 1 usable, 1 malformed" in check["stdout"]
+    assert check["seconds"] < 5 and check["grown_mb"] < 50
+
+
+@pytest.mark.parametrize("content", ["", "\n\n  \n", "\ufeff"])
+def test_check_of_an_empty_file_is_an_error(tmp_path, capsys, content):
+    # Before: "0 rows, 0 usable, 0 malformed" and exit 0.
+    path = tmp_path / "empty.json"
+    path.write_text(content, encoding="utf-8")
+    assert main(["data", "check", str(path)]) == 1
+    assert f"glm3 data: error: {path}: no rows: the file is empty or blank" in capsys.readouterr().err
+    with pytest.raises(DataError, match="no rows"):
+        read_json_rows(path)

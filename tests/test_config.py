@@ -81,3 +81,32 @@ def test_bad_files_give_clear_errors(tmp_path):
 def test_unknown_hub_repo_is_an_offline_error_not_a_download(tmp_path):
     with pytest.raises(FileNotFoundError, match="hub cache|not found"):
         ChatGLM3Config.from_pretrained("THUDM/chatglm3-6b", cache_dir=tmp_path)
+
+
+@pytest.mark.parametrize("field, value", [("layernorm_epsilon", float("nan")), ("layernorm_epsilon", float("inf")),
+                                          ("rope_ratio", float("inf")), ("hidden_dropout", float("nan"))])
+def test_non_finite_floats_are_refused_naming_the_field(field, value, tmp_path):
+    # Before: layernorm_epsilon NaN (valid in Python's JSON) loaded.
+    with pytest.raises(ConfigError, match=f"'{field}' must be"):
+        ChatGLM3Config(**{field: value})
+    (tmp_path / "config.json").write_text(f'{{"{field}": NaN}}')
+    with pytest.raises(ConfigError, match=f"config.json: config field '{field}'"):
+        ChatGLM3Config.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("field", ["num_layers", "hidden_size", "seq_length", "padded_vocab_size"])
+def test_sizes_beyond_the_sanity_bounds_are_refused_naming_the_field(field):
+    with pytest.raises(ConfigError, match=f"'{field}' is 1000000000, more than the sanity bound"):
+        ChatGLM3Config(**{field: 1_000_000_000})
+
+
+def test_config_of_a_bare_weight_file_is_chatglm3_6b_or_the_config_json_beside_it(tmp_path):
+    weights = tmp_path / "glm3_6b.ckpt"
+    weights.write_bytes(b"not read")
+    config = ChatGLM3Config.from_pretrained(weights)  # before: "not a UTF-8 text file"
+    six_b = ChatGLM3Config.from_json_file(FIXTURES / "hub_configs" / "chatglm3-6b.json")
+    fields = ("num_layers", "hidden_size", "ffn_hidden_size", "kv_channels", "num_attention_heads", "seq_length",
+              "multi_query_attention", "multi_query_group_num", "add_qkv_bias", "padded_vocab_size")
+    assert {f: getattr(config, f) for f in fields} == {f: getattr(six_b, f) for f in fields}
+    (tmp_path / "config.json").write_text('{"num_layers": 2, "hidden_size": 32}')
+    assert ChatGLM3Config.from_pretrained(weights, seq_length=64).to_dict()["num_layers"] == 2

@@ -1,6 +1,12 @@
 """Run configs: the seed's YAML keys map onto the trainer; glm3 finetune/evaluate run the tiny configs end to end."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
 
 import mindspore as ms
@@ -47,6 +53,14 @@ def test_wrong_keys_and_values_name_their_place(tmp_path):
     bad.write_text(good.replace("type: polynomial", "type: exponential"))
     with pytest.raises(ConfigError, match=r"lr_schedule.type: unknown schedule 'exponential'"):
         load_finetune_config(bad)
+    bad.write_text(good.replace("type: AdamW", "type: EvilOptimizer"))  # before: trained anyway
+    with pytest.raises(ConfigError, match=r"bad.yaml:\d+: optimizer.type: unknown optimizer 'EvilOptimizer'; "
+                                          r"use one of AdamW, AdamWeightDecay, FP32StateAdamWeightDecay"):
+        load_finetune_config(bad)
+    with pytest.raises(ConfigError, match=r"optimizer.type: unknown optimizer 'SGD'"):
+        load_finetune_config(CONFIGS / "tiny" / "run_glm3_tiny_finetune.yaml", ["optimizer.type=SGD"])
+    with pytest.raises(ConfigError, match=r"lr_schedule.type: unknown schedule 'exponential'; use one of constant"):
+        load_finetune_config(CONFIGS / "tiny" / "run_glm3_tiny_finetune.yaml", ["lr_schedule.type=exponential"])
     bad.write_text(good + "\nlearning_rate: 3\n")
     with pytest.raises(ConfigError, match=r"bad.yaml:\d+: learning_rate: unknown key"):
         load_finetune_config(bad)
@@ -93,6 +107,73 @@ def test_glm3_finetune_multiturn_full(tmp_path):
     changed = [n for (n, a), (_, b) in zip(trained.parameters_and_names(), base.parameters_and_names())
                if not np.array_equal(a.asnumpy(), b.asnumpy())]
     assert len(changed) > 10  # full fine-tuning moved the weights
+
+
+# Loaded by the killed `python -m glm3_mindspore finetune` (PYTHONPATH): once checkpoint-4's model files are
+# in its staging folder, and before it is committed, say so and hang there, so the test can kill -9 the process
+# in the middle of the save.
+HANG_IN_SAVE = textwrap.dedent("""
+    import os, time
+    from pathlib import Path
+    from glm3_mindspore.training import checkpointing
+
+    commit_checkpoint = checkpointing.commit_checkpoint
+
+    def hang_before_committing_checkpoint_4(output_dir, staging, step, *args, **kwargs):
+        if step == 4:
+            Path(os.environ["IN_SAVE_MARKER"]).write_text(str(staging))
+            time.sleep(600)
+        return commit_checkpoint(output_dir, staging, step, *args, **kwargs)
+
+    checkpointing.commit_checkpoint = hang_before_committing_checkpoint_4
+""")
+
+
+def _finetune_argv(out, *extra):
+    return ["finetune", "--config", str(CONFIGS / "tiny" / "run_glm3_tiny_finetune.yaml"), "--set", f"output_dir={out}",
+            "--set", "lr_schedule.total_steps=6", "--set", "training.disable_tqdm=true", "--set", "callbacks=[]",
+            "--set", "training.save_steps=2", "--set", "training.logging_steps=1", *extra]
+
+
+@pytest.mark.slow
+def test_glm3_finetune_killed_during_a_checkpoint_save_resumes_to_the_uninterrupted_result(tmp_path):
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(HANG_IN_SAVE)
+    marker, out = tmp_path / "in_save", tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(hook), "IN_SAVE_MARKER": str(marker)}
+    process = subprocess.Popen([sys.executable, "-m", "glm3_mindspore", *_finetune_argv(out)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        while not marker.exists():
+            assert process.poll() is None, process.stderr.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "the run never reached the save of checkpoint-4"
+            time.sleep(0.2)
+        os.kill(process.pid, signal.SIGKILL)  # kill -9 in the middle of writing checkpoint-4
+        assert process.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.stderr.close()
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint-")) == ["checkpoint-2"]
+    assert Path(marker.read_text()).is_dir()  # the half-written checkpoint-4 is still there, hidden
+
+    assert main(_finetune_argv(out, "--set", "resume_training=true")) == 0
+    assert not any(p.name.startswith(".checkpoint-") for p in out.iterdir())  # the partial one is cleaned up
+    reference = tmp_path / "reference"
+    assert main(_finetune_argv(reference)) == 0
+    resumed_state = json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())["trainer"]
+    reference_state = json.loads((reference / "checkpoint-6" / "trainer_state.json").read_text())["trainer"]
+    assert resumed_state["global_step"] == reference_state["global_step"] == 6
+    losses = [[r["loss"] for r in state["log_history"] if "loss" in r] for state in (resumed_state, reference_state)]
+    assert len(losses[0]) == 6  # steps 1-2 from checkpoint-2's history, 3-6 trained again after the kill
+    np.testing.assert_allclose(losses[0], losses[1], rtol=0, atol=1e-6)
+    from glm3_mindspore.checkpoints.safetensors_io import load_safetensors
+
+    resumed_weights, reference_weights = (load_safetensors(d / "model.safetensors") for d in (out, reference))
+    for name, array in reference_weights.items():
+        np.testing.assert_allclose(resumed_weights[name], array, atol=1e-6, err_msg=name)
 
 
 def test_finetune_refuses_to_clobber_an_output_dir(tmp_path, capsys):

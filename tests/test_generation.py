@@ -154,6 +154,19 @@ def test_prompt_not_shorter_than_max_length_is_a_clear_error(model, expected):
         model.generate(prompt, max_length=10)
 
 
+def test_prompt_too_long_error_cites_the_limits_the_caller_gave(model):
+    # Before: "... too many for max_length=20 and the model's seq_length=512" when only max_new_tokens was given.
+    long_prompt = np.array([[64790, 64792] + [30910] * 600])
+    with pytest.raises(PromptTooLongError) as caught:
+        model.generate(long_prompt, max_new_tokens=4)
+    message = str(caught.value)
+    assert message.startswith("the prompt has 602 tokens with max_new_tokens=4: 91 too many for the model's "
+                              "seq_length=512") and "max_length" not in message
+    with pytest.raises(PromptTooLongError, match=r"too many for max_length=600 and the model's seq_length=512 "
+                                                 r"\(pass truncate_prompt=True .*raise max_length"):
+        model.generate(long_prompt, max_length=600)
+
+
 def test_bad_arguments_are_named(model, expected):
     prompt = expected["chat_input_ids"]
     with pytest.raises(GenerationConfigError, match="num_beams must be an int >= 1"):
@@ -219,3 +232,44 @@ def test_bf16_parameters_generate_compiled_like_pynative(expected):
     prompt = expected["chat_input_ids"]
     compiled = model.generate(prompt, max_new_tokens=6, eos_token_id=[])
     assert compiled.tolist() == model.generate(prompt, max_new_tokens=6, eos_token_id=[], compiled=False).tolist()
+
+
+# ---------------------------------------------------------------------- out of memory
+MINDSPORE_OOM = ("Memory not enough: current free memory size[1048576] is smaller than required size[4294967296].\n\n"
+                 "----------------------------------------------------\n- C++ Call Stack: (For framework developers)\n"
+                 "mindspore/ccsrc/memory/mem_pool/mem_dynamic_allocator.cc:212 AllocTensorMem\n")
+
+
+def test_mindspore_out_of_memory_becomes_a_clear_package_error_in_generate_and_chat(model, tokenizer, monkeypatch):
+    # Before: MindSpore's RuntimeError and its C++ stack reached the caller.
+    from glm3_mindspore import OutOfMemoryError
+    from glm3_mindspore.generation.engine import DecodingEngine
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError(MINDSPORE_OOM)
+
+    monkeypatch.setattr(DecodingEngine, "prefill", out_of_memory)
+    calls = [lambda: model.generate(np.array([[64790, 64792, 30910]]), max_new_tokens=2),
+             lambda: model.chat(tokenizer, "你好"),
+             lambda: next(model.stream_chat(tokenizer, "你好"))]
+    for call in calls:
+        with pytest.raises(OutOfMemoryError) as caught:
+            call()
+        message = str(caught.value)
+        assert isinstance(caught.value, MemoryError) and caught.value.__cause__ is None
+        parameters = f"{model.num_parameters():,}"
+        assert message.startswith(f"generation ran out of host (CPU) memory: the model has {parameters} parameters")
+        for advice in ("quantization_bit=8 or 4", "shorten the prompt", "smaller batch", "required size[4294967296]"):
+            assert advice in message
+        assert "C++ Call Stack" not in message
+
+
+def test_other_mindspore_runtime_errors_pass_through_generate(model, monkeypatch):
+    from glm3_mindspore.generation.engine import DecodingEngine
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("some other kernel failure")
+
+    monkeypatch.setattr(DecodingEngine, "prefill", broken)
+    with pytest.raises(RuntimeError, match="some other kernel failure"):
+        model.generate(np.array([[64790, 64792, 30910]]), max_new_tokens=2)

@@ -153,6 +153,29 @@ def test_bad_input_errors(tokenizer, tmp_path):
         tokenizer("a", return_tensors="pt")
 
 
+def test_a_config_or_weight_file_given_as_tokenizer_says_what_it_is(tmp_path):
+    # Before: "... is not a valid SentencePiece model (corrupt or truncated?)".
+    from glm3_mindspore import AutoTokenizer
+
+    for name, data, kind in [("config.json", b'{"model_type": "chatglm"}', "a JSON file"),
+                             ("some.json", b"[1, 2]", "a JSON file"),
+                             ("glm3_6b.ckpt", b"\n\x10binary", "a weight file")]:
+        (tmp_path / name).write_bytes(data)
+        for load in (ChatGLM3Tokenizer, AutoTokenizer.from_pretrained):
+            with pytest.raises(TokenizerError, match=f"{name} is {kind}, not a SentencePiece tokenizer.model: "
+                                                     "pass the model folder"):
+                load(tmp_path / name)
+
+
+def test_bad_padding_side_in_tokenizer_config_names_the_file(tmp_path):
+    # Before: "padding_side must be 'left' or 'right', got 'middle'" without the file.
+    (tmp_path / "tokenizer.model").write_bytes(VOCAB.read_bytes())
+    (tmp_path / "tokenizer_config.json").write_text('{"padding_side": "middle"}')
+    with pytest.raises(TokenizerError, match=r"tokenizer_config.json: padding_side must be 'left' or 'right', "
+                                             r"got 'middle'"):
+        ChatGLM3Tokenizer.from_pretrained(tmp_path)
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.text())
 def test_arbitrary_unicode_round_trips_like_sentencepiece(text):

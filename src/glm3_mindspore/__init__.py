@@ -19,7 +19,7 @@ from .runtime import configure_host
 configure_host()
 
 from .configuration import ChatGLM3Config, ChatGLMConfig, ConfigError  # noqa: E402
-from .conversation import process_response  # noqa: E402
+from .conversation import ConversationError, process_response  # noqa: E402
 from .tokenization import BatchEncoding, ChatGLM3Tokenizer, ChatGLMTokenizer, TokenizerError  # noqa: E402
 
 __version__ = "0.1.0"
@@ -41,11 +41,18 @@ _LAZY = {
     "GenerationConfig": "generation",
     "TextStreamer": "generation",
     "TextIteratorStreamer": "generation",
+    # one error type per layer, catchable from the package root
+    "CheckpointError": "checkpoints",
+    "WeightLoadingError": "modeling",
+    "GenerationConfigError": "generation",
+    "PromptTooLongError": "generation",
+    "OutOfMemoryError": "generation",
+    "DataError": "data",
 }
 
 __all__ = [
     "ChatGLM3Config", "ChatGLMConfig", "ConfigError", "ChatGLM3Tokenizer", "ChatGLMTokenizer",
-    "TokenizerError", "BatchEncoding", "process_response", *_LAZY,
+    "TokenizerError", "ConversationError", "BatchEncoding", "process_response", *_LAZY,
 ]
 
 

@@ -20,7 +20,7 @@ from typing import Any, Dict, Optional, Type
 
 from .configuration import CONFIG_NAME, ChatGLM3Config, ConfigError
 from .fileio import read_json_object
-from .hub import HubOptions, resolve_file
+from .hub import HubOptions, is_weight_file, resolve_file
 from .tokenization import TOKENIZER_CONFIG_FILE, ChatGLM3Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -136,6 +136,8 @@ class AutoConfig:
             from .run_config import model_config_from_yaml
 
             return model_config_from_yaml(name_or_path, **kwargs)
+        if is_weight_file(name_or_path):  # names no model type: this package's ChatGLM3
+            return ChatGLM3Config.from_pretrained(name_or_path, **kwargs)
         options = HubOptions.pop_from(kwargs)
         path = Path(name_or_path).expanduser()
         config_file = path if path.is_file() else resolve_file(name_or_path, CONFIG_NAME, options)

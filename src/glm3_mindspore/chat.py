@@ -17,7 +17,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .conversation import process_response
+from .conversation import check_history, process_response
 from .generation import CHAT_DEFAULTS
 from .generation.streamer import REPLACEMENT_CHAR
 from .tokenization import conversation_from_openai
@@ -35,7 +35,7 @@ class ChatMixin:
              do_sample: bool = CHAT_DEFAULTS["do_sample"], top_p: float = CHAT_DEFAULTS["top_p"],
              temperature: float = CHAT_DEFAULTS["temperature"], logits_processor=None, **kwargs: Any):
         """One reply to ``query``; returns ``(response, history)`` like upstream."""
-        history = list(history or [])
+        history = [] if history is None else check_history(history)
         inputs = tokenizer.build_chat_input(query, history=history, role=role)
         stop_ids = chat_stop_ids(tokenizer)
         outputs = self.generate(
@@ -58,7 +58,7 @@ class ChatMixin:
         instead of re-reading the history (then ``history`` is only used for the
         returned history, as upstream does).
         """
-        history = list(history or [])
+        history = [] if history is None else check_history(history)
         inputs = (tokenizer.build_chat_input(query, history=history, role=role) if past_key_values is None
                   else tokenizer.build_chat_input(query, role=role))
         stop_ids = chat_stop_ids(tokenizer)

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
+import math
 import os
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
 from .fileio import atomic_write_text, read_json_object
-from .hub import HubOptions, resolve_file
+from .hub import HubOptions, is_weight_file, resolve_file
 from .quantization import QuantizationConfig, QuantizationError
+
+logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.json"
 
@@ -59,6 +63,14 @@ _FIELDS: Dict[str, tuple] = {
 
 _POSITIVE = ("num_layers", "padded_vocab_size", "hidden_size", "ffn_hidden_size", "kv_channels",
              "num_attention_heads", "seq_length", "multi_query_group_num")
+# Plain sanity bounds, far above any ChatGLM, so a typo cannot start building a network for hours.
+_AT_MOST = {"num_layers": 1024, "padded_vocab_size": 1 << 22, "hidden_size": 1 << 16, "ffn_hidden_size": 1 << 18,
+            "kv_channels": 1 << 12, "num_attention_heads": 1 << 12, "seq_length": 1 << 20,
+            "multi_query_group_num": 1 << 12, "pre_seq_len": 1 << 16, "num_labels": 1 << 20}
+# THUDM/chatglm3-6b's architecture where it differs from the defaults above: the model
+# MindFormers' glm3 model card describes, assumed for a bare weight file (a MindFormers .ckpt).
+CHATGLM3_6B_FIELDS = {"add_qkv_bias": True, "multi_query_attention": True, "multi_query_group_num": 2,
+                      "seq_length": 8192}
 
 
 class ConfigError(ValueError):
@@ -148,9 +160,15 @@ class ChatGLM3Config:
             value = getattr(self, name)
             if not isinstance(value, types) or (isinstance(value, bool) and types in (int, (int, float))):
                 raise ConfigError(f"config field {name!r} must be {_type_names(types)}, got {value!r}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"config field {name!r} must be a finite number, got {value!r}")
         for name in _POSITIVE:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"config field {name!r} must be positive, got {getattr(self, name)}")
+        for name, limit in _AT_MOST.items():
+            if (getattr(self, name) or 0) > limit:
+                raise ConfigError(f"config field {name!r} is {getattr(self, name)}, more than the sanity "
+                                  f"bound of {limit}")
         for name in ("hidden_dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"config field {name!r} must be in [0, 1), got {getattr(self, name)}")
@@ -208,17 +226,36 @@ class ChatGLM3Config:
 
     @classmethod
     def from_pretrained(cls, name_or_path: Union[str, os.PathLike], **kwargs: Any) -> "ChatGLM3Config":
-        """Read ``config.json`` from a folder, a file, or a hub repo id; ``kwargs`` override fields."""
+        """Read ``config.json`` from a folder, a file, or a hub repo id; ``kwargs`` override fields.
+
+        A weight file (``.ckpt``, ``.safetensors``, ``.bin``) gives :meth:`for_weight_file`.
+        """
         options = HubOptions.pop_from(kwargs)
         path = Path(name_or_path).expanduser()
-        if path.is_file():
-            config_file = path
+        if is_weight_file(path):
+            config = cls.for_weight_file(path)
+        elif path.is_file():
+            config = cls.from_json_file(path)
         else:
-            config_file = resolve_file(name_or_path, CONFIG_NAME, options)
-        config = cls.from_json_file(config_file)
+            config = cls.from_json_file(resolve_file(name_or_path, CONFIG_NAME, options))
         if kwargs:
             config = cls.from_dict({**config.to_dict(), **kwargs})
         return config
+
+    @classmethod
+    def for_weight_file(cls, path: Union[str, os.PathLike]) -> "ChatGLM3Config":
+        """The config of a single weight file: ``config.json`` beside it, else ChatGLM3-6B's.
+
+        MindFormers users have a bare ``.ckpt`` (the model card's
+        ``checkpoint_name_or_path``); the model checks the assumed config against
+        the checkpoint's shapes before it builds anything.
+        """
+        beside = Path(path).expanduser().parent / CONFIG_NAME
+        if beside.is_file():
+            return cls.from_json_file(beside)
+        logger.info("%s: no %s beside it: assuming ChatGLM3-6B's architecture (pass config= for another model)",
+                    path, CONFIG_NAME)
+        return cls(**CHATGLM3_6B_FIELDS)
 
     def save_pretrained(self, save_directory: Union[str, os.PathLike]) -> Path:
         folder = Path(save_directory)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterator, Union
 
@@ -18,12 +18,12 @@ def atomic_path(target: PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it over ``target`` on success.
 
     A crash or kill while writing leaves ``target`` as it was (old content or absent).
+    The file gets the permissions ``open`` would give (``0o666`` less the umask),
+    as Hugging Face writes, so a model saved here can be served by another user.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _new_file_beside(target)
     try:
         yield tmp
         _fsync(tmp)
@@ -56,6 +56,20 @@ def read_json_object(path: PathLike, error: type = ValueError) -> dict:
     if not isinstance(data, dict):
         raise error(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
+
+
+def _new_file_beside(target: Path) -> Path:
+    """A new empty file named ``.<target name>.<random>.tmp`` in ``target``'s folder, mode by the umask.
+
+    Unlike :func:`tempfile.mkstemp`, whose files are always ``0o600``.
+    """
+    while True:
+        tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
 
 
 def _fsync(path: Path) -> None:

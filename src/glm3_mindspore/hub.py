@@ -15,6 +15,10 @@ from typing import Optional, Union
 PathLike = Union[str, "os.PathLike[str]"]
 
 
+# A path with one of these suffixes is one weight file, not a folder or a config.
+WEIGHT_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+
+
 class ModelFileNotFoundError(FileNotFoundError):
     """A required model file is neither in the folder nor on the hub."""
 
@@ -41,6 +45,12 @@ class HubOptions:
 
 def is_local(name_or_path: PathLike) -> bool:
     return Path(name_or_path).expanduser().exists()
+
+
+def is_weight_file(name_or_path: PathLike) -> bool:
+    """An existing single weight file (``.safetensors``, ``.bin``, ``.ckpt`` ...)."""
+    path = Path(name_or_path).expanduser()
+    return path.suffix in WEIGHT_FILE_SUFFIXES and path.is_file()
 
 
 def _looks_like_repo_id(name: str) -> bool:

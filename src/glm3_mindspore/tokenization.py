@@ -19,7 +19,7 @@ import numpy as np
 
 from . import conversation
 from .fileio import atomic_copy, atomic_write_text, read_json_object
-from .hub import HubOptions, resolve_file
+from .hub import WEIGHT_FILE_SUFFIXES, HubOptions, resolve_file
 
 VOCAB_FILE = "tokenizer.model"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
@@ -439,6 +439,7 @@ def _load_sentencepiece(path: str):
     file = Path(path)
     if not file.is_file():
         raise TokenizerError(f"tokenizer file not found: {file}")
+    _refuse_other_model_files(file)
     processor = sentencepiece.SentencePieceProcessor()
     try:
         processor.load(str(file))
@@ -449,9 +450,28 @@ def _load_sentencepiece(path: str):
     return processor
 
 
+def _refuse_other_model_files(file: Path) -> None:
+    """A config or weight file passed where ``tokenizer.model`` belongs: say what it is and what to pass."""
+    with open(file, "rb") as handle:
+        head = handle.read(64).lstrip()
+    if file.suffix == ".json" or head[:1] == b"{":
+        kind = "a JSON file"
+    elif file.suffix in WEIGHT_FILE_SUFFIXES:
+        kind = "a weight file"
+    else:
+        return
+    raise TokenizerError(f"{file} is {kind}, not a SentencePiece {VOCAB_FILE}: pass the model folder that holds "
+                         f"{VOCAB_FILE}, or that file itself (glm3: --tokenizer)")
+
+
 def _read_tokenizer_config(path: Path) -> Dict[str, Any]:
     data = read_json_object(path, TokenizerError)
     kept = {k: v for k, v in data.items() if k not in ("name_or_path", "tokenizer_class", "vocab_file", "added_tokens_decoder")}
+    if "padding_side" in kept:
+        try:
+            _check_side(kept["padding_side"])
+        except TokenizerError as exc:
+            raise TokenizerError(f"{path}: {exc}") from None
     return kept
 
 

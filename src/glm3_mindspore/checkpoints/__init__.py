@@ -5,6 +5,6 @@ time, so a model is never held twice in memory.
 """
 
 from .errors import CheckpointError
-from .hub_layout import iter_tensors, resolve_weight_files, write_weights
+from .hub_layout import iter_tensors, resolve_weight_files, tensor_shapes, write_weights
 
-__all__ = ["CheckpointError", "iter_tensors", "resolve_weight_files", "write_weights"]
+__all__ = ["CheckpointError", "iter_tensors", "resolve_weight_files", "tensor_shapes", "write_weights"]

@@ -101,6 +101,11 @@ def iter_tensors(files: Iterable[Path], progress: bool = False) -> Iterator[Tupl
             bar.close()
 
 
+def tensor_shapes(files: Iterable[Path]) -> Dict[str, Tuple[int, ...]]:
+    """Name -> shape of every tensor in ``files``, read from the headers (the data is memory-mapped, not read)."""
+    return {name: tuple(array.shape) for name, array in iter_tensors(files)}
+
+
 def parse_size(size: Union[int, str]) -> int:
     """``"5GB"`` / ``"500MB"`` / ``"2GiB"`` / ``1000000`` -> bytes."""
     if isinstance(size, int):
@@ -142,13 +147,18 @@ def write_weights(
             pending.append((tmp, list(shard), shard_bytes))
             shard, shard_bytes = {}, 0
 
-    for name, array in named_arrays:
-        if shard and shard_bytes + array.nbytes > limit:
-            flush()
-        shard[name] = array
-        shard_bytes += array.nbytes
-        total += array.nbytes
-    flush()
+    try:
+        for name, array in named_arrays:
+            if shard and shard_bytes + array.nbytes > limit:
+                flush()
+            shard[name] = array
+            shard_bytes += array.nbytes
+            total += array.nbytes
+        flush()
+    except BaseException:  # shards already written under temporary names must not stay behind
+        for tmp, _, _ in pending:
+            tmp.unlink(missing_ok=True)
+        raise
 
     count = len(pending)
     final: List[Path] = []

@@ -166,7 +166,7 @@ def _contiguous_strides(shape: Tuple[int, ...]) -> Tuple[int, ...]:
 
 
 class _ZipStorages:
-    """Storages of one torch zip archive, memory-mapped where the entries are stored uncompressed."""
+    """Storages of one torch zip archive, memory-mapped from its uncompressed entries."""
 
     def __init__(self, path: Path, archive: zipfile.ZipFile, prefix: str, big_endian: bool) -> None:
         self.path = path
@@ -186,11 +186,8 @@ class _ZipStorages:
         needed = numel * dtype.itemsize
         if info.file_size < needed:
             raise CheckpointError(f"{self.path}: storage {name!r} has {info.file_size} bytes, needs {needed}")
-        if info.compress_type == zipfile.ZIP_STORED:
-            start = self._data_offset(info)
-            array = np.frombuffer(self.mapped, dtype=np.uint8, count=needed, offset=start)
-        else:
-            array = np.frombuffer(self._read(name), dtype=np.uint8, count=needed)
+        start = self._data_offset(info)
+        array = np.frombuffer(self.mapped, dtype=np.uint8, count=needed, offset=start)
         if self.big_endian:
             return _from_big_endian(array, dtype)
         return array.view(dtype)
@@ -207,12 +204,6 @@ class _ZipStorages:
             raise CheckpointError(f"{self.path}: truncated file: entry {info.filename!r} ends at byte "
                                   f"{start + info.file_size}, file has {self.size}")
         return start
-
-    def _read(self, name: str) -> bytes:
-        try:
-            return self.archive.read(name)
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
-            raise CheckpointError(f"{self.path}: corrupt zip entry {name!r}: {exc}") from None
 
 
 def _from_big_endian(raw: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -231,10 +222,26 @@ def _open_archive(path: Path) -> zipfile.ZipFile:
             f"{path}: legacy (pre-1.6) torch serialization is not supported; re-save it with torch>=1.6 "
             "(torch.save(torch.load(f), f)) or convert it to safetensors")
     try:
-        return zipfile.ZipFile(path)
+        archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         kind = "truncated or corrupt torch zip archive" if head.startswith(b"PK") else "not a torch checkpoint"
         raise CheckpointError(f"{path}: {kind} ({exc})") from None
+    _refuse_compressed_entries(path, archive)
+    return archive
+
+
+def _refuse_compressed_entries(path: Path, archive: zipfile.ZipFile) -> None:
+    """torch.save stores every entry uncompressed; a compressed one would be inflated whole into memory.
+
+    Its inflated size is whatever the archive claims (a 436 KB file can claim
+    800 MB), so such a file is refused before anything is read.
+    """
+    for info in archive.infolist():
+        if info.compress_type != zipfile.ZIP_STORED:
+            archive.close()
+            raise CheckpointError(
+                f"{path}: zip entry {info.filename!r} is compressed, which torch.save never does; refusing to "
+                "inflate it into memory. Re-save the file with torch.save, or re-pack it uncompressed (zip -0)")
 
 
 def _unwrap_state_dict(obj: Any, path: Path) -> Mapping[str, Any]:

@@ -53,7 +53,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (CliError, FileNotFoundError, FileExistsError, ValueError, NotADirectoryError, PermissionError) as exc:
+    except (CliError, OSError, ValueError) as exc:  # OSError: missing files, permissions, a full disk
         print(f"glm3 {args.command}: error: {exc}", file=sys.stderr)
         return 1
 

@@ -1,8 +1,11 @@
 """``glm3 convert``: hub checkpoint <-> MindSpore ``.ckpt`` / safetensors, without torch and without a model.
 
-Replaces the seed's two steps (torch -> ``.pth`` -> ``.ckpt``). Tensors are
-streamed from the source one at a time, cast if asked and written out, so memory
-stays near one output shard; the model itself is never built.
+Replaces the two steps of MindFormers' glm3 model card (torch -> ``.pth`` ->
+``.ckpt``). The tensors' names and shapes are first checked against the config,
+as ``from_pretrained`` does (a wrong, transposed or missing tensor is an error
+and nothing is written); then they are streamed from the source one at a time,
+cast if asked and written out, so memory stays near one output shard; the
+model itself is never built. A failed conversion leaves no new output behind.
 
     glm3 convert --src THUDM/chatglm3-6b --dst glm3_6b.ckpt --to ckpt
     glm3 convert --src glm3_6b.ckpt --config THUDM/chatglm3-6b --dst chatglm3-6b-st --to safetensors --dtype bf16
@@ -15,6 +18,7 @@ stays near one output shard; the model itself is never built.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
 
@@ -55,25 +59,22 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..checkpoints import write_weights
-    from ..checkpoints.mindspore_ckpt import save_ckpt
-
     dst: Path = args.dst.expanduser()
     _check_destination(dst, args.to, args.overwrite)
     quantization = _quantization(args)
     files = _weight_files(args.src)
+    _check_against_config(files, args.config or args.src)
     skipped: List[str] = []
     tensors = _cast(_read(files, skipped, progress=not args.no_progress), _DTYPE_NAMES.get(args.dtype or ""))
     if quantization is not None:
         tensors = quantize_tensors(tensors, quantization)
-    if args.to == "ckpt":
-        total = save_ckpt(dst, tensors, names=args.names)
-        written = [dst]
-    else:
-        dst.mkdir(parents=True, exist_ok=True)
-        written = write_weights(dst, tensors, max_shard_size=args.max_shard_size)
-        total = sum(p.stat().st_size for p in written if p.suffix == ".safetensors")
-        _copy_companions(args.config or args.src, dst, _DTYPE_NAMES.get(args.dtype or ""), quantization)
+    created = not dst.exists()
+    try:
+        written, total = _write(tensors, dst, args, quantization)
+    except BaseException:
+        if created and args.to == "safetensors":  # a failed convert leaves no folder behind
+            shutil.rmtree(dst, ignore_errors=True)
+        raise
     if skipped:
         print(f"skipped {len(skipped)} non-model entries (optimizer state / bookkeeping): "
               f"{', '.join(skipped[:6])}{' ...' if len(skipped) > 6 else ''}")
@@ -92,6 +93,38 @@ def _quantization(args) -> Optional[QuantizationConfig]:
         return QuantizationConfig(bits=int(args.quantize[3:]), group_size=args.group_size)
     except QuantizationError as exc:
         raise CliError(f"--group-size: {exc}") from None
+
+
+def _write(tensors: Iterator[Tuple[str, np.ndarray]], dst: Path, args,
+           quantization: Optional[QuantizationConfig]) -> Tuple[List[Path], int]:
+    """Write the output; returns the files written and the tensor bytes."""
+    from ..checkpoints import write_weights
+    from ..checkpoints.mindspore_ckpt import save_ckpt
+
+    if args.to == "ckpt":
+        return [dst], save_ckpt(dst, tensors, names=args.names)
+    dst.mkdir(parents=True, exist_ok=True)
+    written = write_weights(dst, tensors, max_shard_size=args.max_shard_size)
+    _copy_companions(args.config or args.src, dst, _DTYPE_NAMES.get(args.dtype or ""), quantization)
+    return written, sum(p.stat().st_size for p in written if p.suffix == ".safetensors")
+
+
+def _check_against_config(files: List[Path], config_source: str) -> None:
+    """The tensors' names and shapes must be those of the model the config describes, as in ``from_pretrained``.
+
+    Only the headers are read, and only a one-layer skeleton of the model is built.
+    """
+    from ..checkpoints import tensor_shapes
+    from ..configuration import ChatGLM3Config
+    from ..modeling import ChatGLM3ForConditionalGeneration
+    from ..modeling.pretrained import WeightLoadingError
+
+    config = ChatGLM3Config.from_pretrained(config_source)
+    try:
+        ChatGLM3ForConditionalGeneration.check_checkpoint(config, tensor_shapes(files))
+    except WeightLoadingError as exc:
+        raise CliError(f"the weights of {config_source} do not fit its config (pass --config FOLDER_OR_REPO "
+                       f"if it belongs to another model): {exc}") from None
 
 
 def _check_destination(dst: Path, to: str, overwrite: bool) -> None:

@@ -2,8 +2,9 @@
 
 ``glm3 data check FILE --format adgen|conversations [--tokenizer T]`` lists
 malformed rows with their line numbers (and goes on), then, with a
-tokenizer, how many rows the length limits cut. It exits 1 when some rows are
-malformed, 0 otherwise.
+tokenizer, how many rows the length limits cut. Lines are streamed; one longer
+than ``--max-row-bytes`` is reported as malformed without being read. It exits
+1 when some rows are malformed or the file has no rows, 0 otherwise.
 
 ``glm3 data format-tool-alpaca --path train_data.json --out tool_alpaca.jsonl``
 converts ToolAlpaca data as THUDM's ``format_tool_alpaca.py`` does, skipping
@@ -17,6 +18,8 @@ import sys
 from typing import Dict, List, Sequence
 
 import numpy as np
+
+from ..data.jsonl import MAX_ROW_BYTES
 
 DATA_FORMATS = ("adgen", "conversations")
 
@@ -36,6 +39,8 @@ def register(subparsers) -> None:
     check.add_argument("--max-target-length", type=int, default=127)
     check.add_argument("--max-seq-length", type=int, default=None, help="conversations: cut rows at this length")
     check.add_argument("--max-errors", type=int, default=20, help="malformed rows to list (default 20)")
+    check.add_argument("--max-row-bytes", type=int, default=MAX_ROW_BYTES,
+                       help=f"longer lines are reported as malformed, not read (default {MAX_ROW_BYTES})")
     check.set_defaults(func=run_check)
 
     convert = commands.add_parser("format-tool-alpaca", help="ToolAlpaca train_data.json -> conversations JSON lines")
@@ -52,9 +57,9 @@ def run_check(args) -> int:
     config = DataConfig(format=args.adgen_format, max_source_length=args.max_source_length,
                         max_target_length=args.max_target_length, max_seq_length=args.max_seq_length)
     if args.format == "adgen":
-        checked = check_rows(args.path, functools.partial(check_adgen_row, config=config))
+        checked = check_rows(args.path, functools.partial(check_adgen_row, config=config), args.max_row_bytes)
     else:
-        checked = check_rows(args.path, conversation_turns)
+        checked = check_rows(args.path, conversation_turns, args.max_row_bytes)
     _print_errors(checked.errors, args.max_errors)
     print(f"{args.path}: {len(checked.rows) + len(checked.errors)} rows, {len(checked.rows)} usable, "
           f"{len(checked.errors)} malformed")

@@ -33,7 +33,7 @@ from .conversations import (
     encode_turns,
     labels_from_loss_masks,
 )
-from .jsonl import JsonRows, RowError, load_json_rows, read_json_rows
+from .jsonl import MAX_ROW_BYTES, JsonRows, RowError, load_json_rows, read_json_rows
 from .tool_alpaca import ConversionReport, convert_instance, convert_tool_alpaca, format_tool_alpaca
 
 __all__ = [
@@ -70,10 +70,10 @@ class DataStats:
 
 
 def check_rows(source: Union[str, "os.PathLike[str]", Iterable[Mapping[str, Any]]],
-               check_row: Callable[[Mapping[str, Any]], Any]) -> JsonRows:
+               check_row: Callable[[Mapping[str, Any]], Any], max_row_bytes: int = MAX_ROW_BYTES) -> JsonRows:
     """Read ``source`` (a file, or rows) and move rows that ``check_row`` rejects to ``errors``."""
     if isinstance(source, (str, os.PathLike)):
-        read = read_json_rows(source)
+        read = read_json_rows(source, max_row_bytes)
     else:
         read = JsonRows("<rows>")
         for index, row in enumerate(source):

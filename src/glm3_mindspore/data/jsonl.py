@@ -2,7 +2,9 @@
 
 Fine-tuning sets are hand-edited and concatenated; one broken line must not
 hide the other 100,000. Every row that is not a JSON object is reported with
-its line number (``item N`` for a JSON array file) and reading goes on.
+its line number (``item N`` for a JSON array file) and reading goes on. Lines
+are read one at a time and each at most ``max_row_bytes``, so one huge line
+costs neither the memory nor the time it would take to parse.
 """
 
 from __future__ import annotations
@@ -11,13 +13,17 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, BinaryIO, Dict, Iterator, List, Optional, Tuple, Union
 
 from .config import DataError, type_name
 
 PathLike = Union[str, "os.PathLike[str]"]
 Row = Dict[str, Any]
 NEWLINE = b"\n"
+BOM = b"\xef\xbb\xbf"  # UTF-8 byte-order mark, skipped
+# Largest row read: an ADGEN row is well under 1 KB, a long multi-turn conversation tens of KB.
+MAX_ROW_BYTES = 1 << 20
+MAX_ARRAY_FILE_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -68,33 +74,72 @@ def load_json_rows(path: PathLike) -> Tuple[List[Row], List[RowError]]:
     return result.rows, result.errors
 
 
-def read_json_rows(path: PathLike) -> JsonRows:
+def read_json_rows(path: PathLike, max_row_bytes: int = MAX_ROW_BYTES) -> JsonRows:
     """Like :func:`load_json_rows`, keeping each row's location for later messages.
 
     A file whose first character is ``[`` is one JSON array (ToolAlpaca's
-    ``train_data.json``); anything else is JSON lines (ADGEN's ``.json`` files
-    are), blank lines ignored. A single pretty-printed object is accepted too.
+    ``train_data.json``), read whole up to :data:`MAX_ARRAY_FILE_BYTES`; anything
+    else is JSON lines (ADGEN's ``.json`` files are), read line by line, blank
+    lines ignored. A line longer than ``max_row_bytes`` is reported, not read
+    (parsing costs tens of times a row's size). A single pretty-printed object
+    is accepted too. A file without a single row is a :class:`DataError`.
     """
-    data = _read_bytes(path)
+    file = _checked_file(path)
     result = JsonRows(str(path))
-    if data.lstrip()[:1] == b"[":
-        _read_array(data, result)
-        return result
-    for number, raw in enumerate(data.split(NEWLINE), start=1):
-        _read_line(number, raw, result)
-    if not result.rows and len(result.errors) > 1:
-        _try_single_object(data, result)
+    with open(file, "rb") as handle:
+        if handle.read(len(BOM)) != BOM:
+            handle.seek(0)
+        start = handle.tell()
+        if handle.read(4096).lstrip()[:1] == b"[":
+            handle.seek(start)
+            _read_array(_read_whole(handle, file, MAX_ARRAY_FILE_BYTES, "a JSON array file"), result)
+        else:
+            handle.seek(start)
+            for number, raw in _lines(handle, max_row_bytes):
+                if raw is None:
+                    result.error(f"line {number}", f"row longer than {max_row_bytes} bytes, the limit "
+                                                   "(max_row_bytes): not read")
+                else:
+                    _read_line(number, raw, result)
+            if not result.rows and len(result.errors) > 1:
+                handle.seek(start)
+                _try_single_object(handle, max_row_bytes, result)
+    if not result.rows and not result.errors:
+        raise DataError(f"{file}: no rows: the file is empty or blank")
     return result
 
 
-def _read_bytes(path: PathLike) -> bytes:
+def _checked_file(path: PathLike) -> Path:
     file = Path(path)
     if not file.exists():
         raise DataError(f"{file}: no such file")
     if file.is_dir():
         raise DataError(f"{file}: is a folder, expected a JSON or JSON-lines file")
-    data = file.read_bytes()
-    return data[3:] if data.startswith(b"\xef\xbb\xbf") else data  # UTF-8 byte-order mark
+    return file
+
+
+def _lines(handle: BinaryIO, limit: int) -> Iterator[Tuple[int, Optional[bytes]]]:
+    """``(line number, bytes)`` of each line; ``None`` for a line longer than ``limit``, skipped unread."""
+    number = 0
+    while True:
+        line = handle.readline(limit + 1)
+        if not line:
+            return
+        number += 1
+        if len(line) <= limit or line.endswith(NEWLINE):
+            yield number, line.rstrip(NEWLINE)
+            continue
+        while line and not line.endswith(NEWLINE):  # the rest of the long line, a bounded piece at a time
+            line = handle.readline(1 << 20)
+        yield number, None
+
+
+def _read_whole(handle: BinaryIO, file: Path, limit: int, what: str) -> bytes:
+    data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise DataError(f"{file}: {what} longer than {limit} bytes is not read whole; write it as JSON lines "
+                        "(one row per line)")
+    return data
 
 
 def _read_line(number: int, raw: bytes, result: JsonRows) -> None:
@@ -131,8 +176,11 @@ def _read_array(data: bytes, result: JsonRows) -> None:
         result.add(f"item {index}", item)
 
 
-def _try_single_object(data: bytes, result: JsonRows) -> None:
-    """A pretty-printed single object fails line by line; read it whole instead."""
+def _try_single_object(handle: BinaryIO, limit: int, result: JsonRows) -> None:
+    """A pretty-printed single object fails line by line; read it whole (it is one row) instead."""
+    data = handle.read(limit + 1)
+    if len(data) > limit:
+        return
     try:
         value = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):

@@ -17,6 +17,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import Tensor
 
+from ..parameter_io import numpy_dtype
 from ..runtime import op_by_op
 from .beam_search import beam_search
 from .config import GenerationConfig, GenerationConfigError
@@ -34,6 +35,20 @@ _CONFIG_ARGS = ("max_length", "max_new_tokens", "do_sample", "temperature", "top
 
 class PromptTooLongError(ValueError):
     """The prompt does not fit the model or ``max_length``; says by how much."""
+
+
+class OutOfMemoryError(MemoryError):
+    """Generation ran out of memory; says which memory, how big the model is, and what to do.
+
+    MindSpore reports an allocation failure as a ``RuntimeError`` ("Memory not
+    enough") with a C++ stack; ``generate`` and ``chat`` turn it into this. It
+    is a :class:`MemoryError`, so ``except MemoryError`` catches it with Python's
+    own allocation failures.
+    """
+
+
+# How MindSpore's memory pools word a failed allocation.
+MINDSPORE_OUT_OF_MEMORY = "memory not enough"
 
 
 @dataclass
@@ -108,7 +123,19 @@ class GenerationMixin:
             raise GenerationConfigError(f"generate() got unknown argument(s): {', '.join(sorted(unknown))}")
         return base.update(**kwargs)
 
-    def _generate_steps(self, input_ids, attention_mask, position_ids, generation_config, streamer,
+    def _generate_steps(self, input_ids, *arguments, streaming: bool = False):
+        """:meth:`_decoding_steps`, with MindSpore's out-of-memory ``RuntimeError`` as :class:`OutOfMemoryError`.
+
+        The package boundary of ``generate``, ``stream_generate`` and the chat methods built on them.
+        """
+        try:
+            yield from self._decoding_steps(input_ids, *arguments, streaming=streaming)
+        except RuntimeError as exc:
+            if MINDSPORE_OUT_OF_MEMORY not in str(exc).lower():
+                raise
+            raise OutOfMemoryError(_out_of_memory_message(self, input_ids, exc)) from None
+
+    def _decoding_steps(self, input_ids, attention_mask, position_ids, generation_config, streamer,
                         logits_processor, compiled, use_cache, truncate_prompt, past, kwargs, streaming=False):
         config = self._generation_config(generation_config, kwargs)
         if config.num_beams > 1 and (streamer is not None or past is not None or streaming):
@@ -182,16 +209,13 @@ class GenerationMixin:
         length = prompt.shape[1]
         limit = self.config.seq_length
         first_position = int(positions[:, -1].max()) + 1
-        overflow = max(first_position + 1 - limit, 0)  # room for at least one new token
-        if config.max_new_tokens is None:
-            overflow = max(overflow, length + 1 - config.max_length)
+        over_seq_length = max(first_position + 1 - limit, 0)  # room for at least one new token
+        over_max_length = max(length + 1 - config.max_length, 0) if config.max_new_tokens is None else 0
+        overflow = max(over_seq_length, over_max_length)
         if overflow:
             if not truncate:
-                raise PromptTooLongError(
-                    f"the prompt has {length} tokens: {overflow} too many for max_length={config.max_length} "
-                    f"and the model's seq_length={limit} (pass truncate_prompt=True to drop the oldest tokens, "
-                    "or raise max_length / use max_new_tokens)"
-                )
+                raise PromptTooLongError(_too_long_message(length, overflow, config, over_max_length, limit,
+                                                           over_seq_length))
             keep = _truncated_columns(prompt, overflow)
             prompt, mask = prompt[:, keep], mask[:, keep]
             positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
@@ -294,6 +318,38 @@ class _FullRecompute:
 
     def state(self) -> None:
         return None
+
+
+def _too_long_message(length: int, overflow: int, config: GenerationConfig, over_max_length: int,
+                      seq_length: int, over_seq_length: int) -> str:
+    """Which limit the prompt breaks, in the terms the caller used (``max_length`` only when it applies)."""
+    limits = []
+    if over_max_length:
+        limits.append(f"max_length={config.max_length}")
+    if over_seq_length:
+        limits.append(f"the model's seq_length={seq_length}")
+    fixes = "raise max_length or pass max_new_tokens" if over_max_length else "shorten the prompt"
+    asked = "" if config.max_new_tokens is None else f" with max_new_tokens={config.max_new_tokens}"
+    return (f"the prompt has {length} tokens{asked}: {overflow} too many for {' and '.join(limits)} "
+            f"(pass truncate_prompt=True to drop the oldest tokens, or {fixes})")
+
+
+def _out_of_memory_message(model, input_ids, error: RuntimeError) -> str:
+    """What ran out, the model's size, the request's, and the ways to need less."""
+    from ..runtime import device_target
+
+    target = device_target()
+    memory = "host (CPU) memory" if target == "CPU" else f"{target} device memory"
+    parameters = model.num_parameters()
+    weight_bytes = parameters * np.dtype(numpy_dtype(model.param_dtype)).itemsize
+    shape = tuple(getattr(input_ids, "shape", None) or np.shape(input_ids))
+    batch, length = (1, shape[0]) if len(shape) == 1 else shape[:2]
+    cause = str(error).strip().splitlines()[0][:200]
+    return (f"generation ran out of {memory}: the model has {parameters:,} parameters "
+            f"({weight_bytes / 1e9:.2f} GB as {model.param_dtype}) and the request is {batch} prompt(s) of "
+            f"{length} tokens, whose KV cache grows with every new token (MindSpore: {cause}). To need less: "
+            "load the model with quantization_bit=8 or 4, shorten the prompt or max_new_tokens, "
+            "or generate for a smaller batch")
 
 
 def _as_2d_int(value, name: str) -> np.ndarray:

@@ -168,6 +168,7 @@ class ChatGLM3ForSequenceClassification(NamedOutputs, ChatGLM3PreTrainedModel):
     """Classifies a sequence from the hidden state of its last token (left padding keeps it real)."""
 
     output_class = SequenceClassifierOutput
+    heads_to_train = ("classifier_head.*", "transformer.prefix_encoder.*")
 
     def __init__(self, config: ChatGLM3Config, dtype=None, compute_dtype=None) -> None:
         super().__init__(config, dtype, compute_dtype)

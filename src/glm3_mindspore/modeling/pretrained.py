@@ -6,11 +6,13 @@ maps checkpoint names onto parameters and reports what did not fit.
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import mindspore as ms
 import numpy as np
@@ -27,6 +29,12 @@ logger = logging.getLogger(__name__)
 
 # Buffers upstream checkpoints carry that are not parameters here.
 IGNORED_CHECKPOINT_KEYS = ("rotary_pos_emb.inv_freq",)
+# transformer.encoder.layers.<index>.<rest>: the per-layer weights.
+LAYER_NAME = re.compile(r"^(transformer\.encoder\.layers\.)(\d+)(\..+)$")
+_LISTED = 8  # names a message lists before "... and N more"
+
+AllowMissing = Union[bool, Sequence[str]]
+Shape = Tuple[int, ...]
 
 _DTYPES = {
     "float32": ms.float32, "fp32": ms.float32, "float": ms.float32,
@@ -67,24 +75,76 @@ class WeightLoadingError(ValueError):
 
 @dataclass
 class LoadReport:
-    """What a weight load did, by parameter name."""
+    """What a weight load did (or would do), by checkpoint name."""
 
     loaded: List[str] = field(default_factory=list)
     missing: List[str] = field(default_factory=list)
     unexpected: List[str] = field(default_factory=list)
-    mismatched: List[Tuple[str, Tuple[int, ...], Tuple[int, ...]]] = field(default_factory=list)
+    mismatched: List[Tuple[str, Shape, Shape]] = field(default_factory=list)
     ignored: List[str] = field(default_factory=list)
 
     def summary(self) -> str:
         parts = [f"{len(self.loaded)} tensors loaded"]
         if self.missing:
-            parts.append(f"missing (left at their initial values): {', '.join(self.missing)}")
+            parts.append(f"missing: {_listing(self.missing)}")
         if self.unexpected:
-            parts.append(f"unexpected (not used): {', '.join(self.unexpected)}")
+            parts.append(f"unexpected (not used): {_listing(self.unexpected)}")
         if self.mismatched:
-            parts.append("shape mismatch: " + ", ".join(
-                f"{n} checkpoint {tuple(a)} vs model {tuple(b)}" for n, a, b in self.mismatched))
+            parts.append(self.mismatches())
         return "; ".join(parts)
+
+    def mismatches(self) -> str:
+        return "shape mismatch: " + _listing(
+            [f"{n} checkpoint {tuple(a)} vs model {tuple(b)}" for n, a, b in self.mismatched])
+
+    def check(self, model_name: str, allowed_missing: Sequence[str], strict: bool = False) -> None:
+        """Raise :class:`WeightLoadingError` for shape mismatches and for missing weights not allowed.
+
+        ``allowed_missing``: glob patterns of checkpoint names that may be absent
+        (they keep their initial values); ``strict`` also refuses unexpected names.
+        What is accepted but not loaded is logged.
+        """
+        refused = [n for n in self.missing if not any(fnmatch.fnmatchcase(n, p) for p in allowed_missing)]
+        problems = []
+        if self.mismatched:
+            problems.append(self.mismatches())
+        if refused:
+            problems.append(f"missing from the checkpoint: {_listing(refused)} (pass allow_missing=[names] "
+                            "for weights you mean to train from their initial values)")
+        if strict and self.unexpected:
+            problems.append(f"unexpected: {_listing(self.unexpected)}")
+        if problems:
+            raise WeightLoadingError(f"cannot load the checkpoint into {model_name}: {'; '.join(problems)}")
+        if self.missing:
+            logger.warning("%s: left at their initial values: %s", model_name, _listing(self.missing))
+        if self.unexpected:
+            logger.warning("%s: checkpoint tensors not used: %s", model_name, _listing(self.unexpected))
+
+
+def _listing(names: Sequence[str]) -> str:
+    shown = ", ".join(names[:_LISTED])
+    return shown + (f" ... and {len(names) - _LISTED} more" if len(names) > _LISTED else "")
+
+
+def compare_shapes(expected: Mapping[str, Shape], given: Mapping[str, Shape]) -> LoadReport:
+    """The :class:`LoadReport` loading tensors of shapes ``given`` into parameters of shapes ``expected`` gives."""
+    report = LoadReport()
+    for name, shape in given.items():
+        if name.endswith(IGNORED_CHECKPOINT_KEYS):
+            report.ignored.append(name)
+        elif name not in expected:
+            report.unexpected.append(name)
+        elif tuple(shape) != tuple(expected[name]):
+            report.mismatched.append((name, tuple(shape), tuple(expected[name])))
+        else:
+            report.loaded.append(name)
+    report.missing = [name for name in expected if name not in given]
+    return report
+
+
+def checkpoint_layers(names: Iterable[str]) -> List[int]:
+    """The layer indices the checkpoint names hold, sorted."""
+    return sorted({int(match.group(2)) for match in map(LAYER_NAME.match, names) if match})
 
 
 class ChatGLM3PreTrainedModel(nn.Cell):
@@ -92,6 +152,9 @@ class ChatGLM3PreTrainedModel(nn.Cell):
 
     config_class = ChatGLM3Config
     base_model_prefix = "transformer"
+    # Checkpoint names (glob patterns) of heads a base checkpoint lacks and fine-tuning
+    # trains from their initial values; from_pretrained allows them to be missing.
+    heads_to_train: Tuple[str, ...] = ("transformer.prefix_encoder.*",)
 
     def __init__(self, config: ChatGLM3Config, dtype=None, compute_dtype=None) -> None:
         super().__init__()
@@ -119,19 +182,29 @@ class ChatGLM3PreTrainedModel(nn.Cell):
         ms_dtype=None,
         compute_dtype=None,
         progress: bool = True,
+        allow_missing: AllowMissing = (),
         **kwargs: Any,
     ):
-        """Load a hub-layout model: a local folder or a hub repo id (weights only, never code).
+        """Load a model: a hub-layout folder, a hub repo id, or one weight file (weights only, never code).
 
-        ``ms_dtype``: parameter dtype (``float32`` default as in Hugging Face; ``"auto"``
-        takes the checkpoint's ``torch_dtype``, the default for quantized models).
-        Other keyword arguments override config fields (e.g. ``seq_length=4096``,
+        A single file may be a MindSpore ``.ckpt`` (MindFormers' names accepted),
+        ``.safetensors`` or ``.bin``; its config is ``config.json`` beside it, else
+        ChatGLM3-6B's (pass ``config=`` for another model). ``ms_dtype``: parameter
+        dtype (``float32`` default as in Hugging Face; ``"auto"`` takes the
+        checkpoint's ``torch_dtype``, the default for quantized models). Other
+        keyword arguments override config fields (e.g. ``seq_length=4096``,
         ``pre_seq_len=128``); ``quantization_bit=8`` or ``4`` (upstream's field, also
         read from ``config.json``) quantizes the linear layers tensor by tensor while
         loading, with ``quantization_config`` (a dict or
         :class:`~glm3_mindspore.quantization.QuantizationConfig`) for the int4 group
         size and the output layer's bits. Hub options: ``revision``, ``cache_dir``,
         ``local_files_only``, ``token``.
+
+        The config is checked against the checkpoint's names and shapes before the
+        network is built. A weight the checkpoint lacks is a
+        :class:`WeightLoadingError`, except the class's ``heads_to_train`` and the
+        checkpoint names (or glob patterns) in ``allow_missing`` (``True``: any),
+        which keep their initial values.
         """
         from .. import checkpoints
 
@@ -147,9 +220,10 @@ class ChatGLM3PreTrainedModel(nn.Cell):
         if ms_dtype == "auto":
             ms_dtype = config.torch_dtype or "float32"
         files = checkpoints.resolve_weight_files(name_or_path, options)
+        cls.check_checkpoint(config, checkpoints.tensor_shapes(files), allow_missing)
         with _uninitialized_parameters():  # the checkpoint overwrites them: skip random init
             model = cls(config, dtype=ms_dtype, compute_dtype=compute_dtype)
-        model.load_weights(checkpoints.iter_tensors(files, progress=progress))
+        model.load_weights(checkpoints.iter_tensors(files, progress=progress), allow_missing=allow_missing)
         model.init_parameters_data()  # parameters the checkpoint lacked get their initial values
         model._attach_generation_config(name_or_path, options)
         model.set_train(False)
@@ -175,17 +249,71 @@ class ChatGLM3PreTrainedModel(nn.Cell):
             return checkpoint_name[len(self.base_model_prefix) + 1:]
         return checkpoint_name
 
+    @classmethod
+    def allowed_missing(cls, allow_missing: AllowMissing) -> List[str]:
+        """Glob patterns of checkpoint names that may be missing: ``allow_missing`` and the class's heads."""
+        if allow_missing is True:
+            return ["*"]
+        if isinstance(allow_missing, str) or not isinstance(allow_missing, (Sequence, bool)):
+            raise TypeError(f"allow_missing must be True, False or a list of names, got {allow_missing!r}")
+        return [*cls.heads_to_train, *(allow_missing or ())]
+
+    @classmethod
+    def expected_shapes(cls, config: ChatGLM3Config) -> Dict[str, Shape]:
+        """Checkpoint name -> shape of every weight of this class built from ``config``.
+
+        Read off a one-layer skeleton with lazy parameters (no memory, no time),
+        its layer repeated ``num_layers`` times: the real network is not built.
+        """
+        skeleton_config = type(config).from_dict({**config.to_dict(), "num_layers": 1, "seq_length": 2})
+        with _uninitialized_parameters():
+            skeleton = cls(skeleton_config)
+        shapes: Dict[str, Shape] = {}
+        for name, param in skeleton.parameters_and_names():
+            checkpoint_name = skeleton.checkpoint_name(name)
+            match = LAYER_NAME.match(checkpoint_name)
+            if match is None:
+                shapes[checkpoint_name] = tuple(param.shape)
+                continue
+            for layer in range(config.num_layers):
+                shapes[f"{match.group(1)}{layer}{match.group(3)}"] = tuple(param.shape)
+        return shapes
+
+    @classmethod
+    def check_checkpoint(cls, config: ChatGLM3Config, shapes: Mapping[str, Shape],
+                         allow_missing: AllowMissing = ()) -> LoadReport:
+        """Raise :class:`WeightLoadingError` unless tensors of ``shapes`` fit the model ``config`` describes.
+
+        Checked before the network is built, so a config that does not fit its
+        checkpoint (``num_layers: 1000000`` beside two layers) fails at once.
+        """
+        if config.quantization is not None and not any(name.endswith(".weight_scale") for name in shapes):
+            # float weights, quantized while they load: check them against the float model
+            config = type(config).from_dict({**config.to_dict(), "quantization_bit": 0, "quantization_config": None})
+        layers = checkpoint_layers(shapes)
+        if layers and layers != list(range(config.num_layers)):
+            held = f"layers {layers[0]}..{layers[-1]}" if layers == list(range(layers[0], layers[-1] + 1)) \
+                else f"layers {_listing([str(n) for n in layers])}"
+            raise WeightLoadingError(
+                f"the config says num_layers={config.num_layers} but the checkpoint holds {len(layers)} "
+                f"({held}): pass the config that belongs to this checkpoint")
+        report = compare_shapes(cls.expected_shapes(config), shapes)
+        report.check(cls.__name__, cls.allowed_missing(allow_missing))
+        return report
+
     def load_weights(
         self,
         tensors: Union[Mapping[str, np.ndarray], Iterable[Tuple[str, np.ndarray]]],
         strict: bool = False,
+        allow_missing: AllowMissing = (),
     ) -> LoadReport:
         """Copy checkpoint tensors into the parameters, converting dtypes; report by name.
 
         Tensors are consumed one at a time, so an iterator over shards keeps peak
-        memory near one copy of the weights. Shape mismatches raise
-        :class:`WeightLoadingError`; missing and unexpected names are logged
-        (``strict=True`` raises for them too).
+        memory near one copy of the weights. Shape mismatches and missing weights
+        (but the class's ``heads_to_train`` and ``allow_missing``, as in
+        :meth:`from_pretrained`) raise :class:`WeightLoadingError`; unexpected
+        names are logged (``strict=True`` raises for them too).
         """
         from ..checkpoints.mapped import release_pages
 
@@ -222,10 +350,7 @@ class ChatGLM3PreTrainedModel(nn.Cell):
         loaded = set(report.loaded)
         report.missing = [self.checkpoint_name(n) for n in params if n not in loaded]
         self.loading_info = report
-        if report.mismatched or (strict and (report.missing or report.unexpected)):
-            raise WeightLoadingError(f"cannot load checkpoint into {type(self).__name__}: {report.summary()}")
-        if report.missing or report.unexpected:
-            logger.warning("%s: %s", type(self).__name__, report.summary())
+        report.check(type(self).__name__, [] if strict else self.allowed_missing(allow_missing), strict)
         return report
 
     def named_weights(self, dtype=None) -> Iterator[Tuple[str, np.ndarray]]:

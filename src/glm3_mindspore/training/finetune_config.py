@@ -1,4 +1,4 @@
-"""Fine-tuning run configs in the seed's MindFormers YAML layout.
+"""Fine-tuning run configs in the MindFormers YAML layout of MindFormers' glm3 model card.
 
 ``configs/glm3/run_glm3_6b_finetune*.yaml`` keep MindFormers' key names
 (``runner_config``, ``optimizer``, ``lr_schedule``, ``runner_wrapper``,
@@ -58,6 +58,8 @@ DATASET_KEYS = {"data_loader", "tokenizer", "input_columns", "output_columns", "
 DATA_LOADER_KEYS = {"type", "dataset_dir", "shuffle", "phase", "origin_columns", "version"}
 DATA_LOADERS = {"ADGenDataLoader": "adgen", "adgen": "adgen", "ToolAlpacaDataLoader": "conversations",
                 "conversations": "conversations"}
+# MindFormers' AdamW-family names: all train with the torch-identical AdamW (fp32 state).
+OPTIMIZERS = ("AdamW", "AdamWeightDecay", "FP32StateAdamWeightDecay", "FusedAdamWeightDecay")
 SCHEDULES = {"polynomial": "polynomial", "cosine": "cosine", "warmupcosine": "cosine", "linear": "linear",
              "constant": "constant", "constantwarmup": "constant_with_warmup"}
 
@@ -177,6 +179,9 @@ def _training_arguments(doc: YamlDocument) -> TrainingArguments:
     _take(values, runner, {"epochs": "num_train_epochs", "batch_size": "per_device_train_batch_size",
                            "gradient_accumulation_steps": "gradient_accumulation_steps"})
     optimizer = doc.section("optimizer")
+    if optimizer.get("type") is not None and optimizer["type"] not in OPTIMIZERS:
+        raise ConfigError(f"{doc.where('optimizer', 'type')}: unknown optimizer {optimizer['type']!r}; "
+                          f"use one of {', '.join(OPTIMIZERS)}")
     _take(values, optimizer, {"beta1": "adam_beta1", "beta2": "adam_beta2", "eps": "adam_epsilon",
                               "weight_decay": "weight_decay", "learning_rate": "learning_rate"})
     schedule = doc.section("lr_schedule")
