@@ -68,7 +68,8 @@ def register(
 
 def register_chatglm() -> None:
     """Register ChatGLM2/ChatGLM3 (``model_type: chatglm``) with its upstream class names."""
-    from .modeling import ChatGLM3ForConditionalGeneration, ChatGLM3ForSequenceClassification, ChatGLM3Model
+    from .chat import ChatGLM3ForConditionalGeneration
+    from .modeling import ChatGLM3ForSequenceClassification, ChatGLM3Model
 
     register("chatglm", ChatGLM3Config, ChatGLM3Model, task="base", tokenizer_cls=ChatGLM3Tokenizer)
     # Upstream's AutoModel maps to ChatGLMForConditionalGeneration, and hub configs list

@@ -18,8 +18,9 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from .conversation import check_history, process_response
-from .generation import CHAT_DEFAULTS
+from .generation import CHAT_DEFAULTS, GenerationMixin
 from .generation.streamer import REPLACEMENT_CHAR
+from .modeling import ChatGLM3ForCausalLM
 from .tokenization import conversation_from_openai
 
 
@@ -113,3 +114,16 @@ def _openai_message(reply) -> Dict[str, Any]:
     if "error" in reply:
         message["error"] = reply["error"]
     return message
+
+
+class ChatGLM3ForConditionalGeneration(ChatMixin, GenerationMixin, ChatGLM3ForCausalLM):
+    """The ChatGLM3 language model as users load it: the network with ``generate`` / ``stream_generate``
+    and ``chat`` / ``stream_chat`` / ``chat_completion`` (upstream's class of this name).
+
+    Built here, on top of :class:`glm3_mindspore.modeling.ChatGLM3ForCausalLM`, so that
+    the network depends on neither generation nor chat.
+    """
+
+
+# Upstream's class name, so ``architectures`` / ``auto_map`` in hub configs resolve to us.
+ChatGLMForConditionalGeneration = ChatGLM3ForConditionalGeneration

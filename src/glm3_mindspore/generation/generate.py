@@ -17,6 +17,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import Tensor
 
+from ..hub import HubOptions
 from ..parameter_io import numpy_dtype
 from ..runtime import op_by_op
 from .beam_search import beam_search
@@ -55,19 +56,33 @@ MINDSPORE_OUT_OF_MEMORY = "memory not enough"
 class CacheState:
     """What ``stream_chat`` carries between turns: the filled KV cache of one conversation.
 
-    ``length`` slots of ``engine``'s buffers are in use; ``mask`` marks which hold
-    real tokens; ``past_tokens`` is the number of real tokens seen (upstream's
+    ``engine``'s cache holds the conversation (which slots are real is in the
+    cache); ``past_tokens`` is the number of real tokens seen (upstream's
     ``past_length``), the position the next turn starts at.
     """
 
     engine: DecodingEngine
-    length: int
-    mask: np.ndarray
     past_tokens: int
+
+    @property
+    def length(self) -> int:
+        """Slots in use (the longest row's)."""
+        return int(self.engine.cache.host_lengths.max())
 
 
 class GenerationMixin:
-    """Adds ``generate`` / ``stream_generate`` to a causal LM with a ``config`` and ``compute_dtype``."""
+    """Adds ``generate`` / ``stream_generate`` to a causal LM that is a :class:`~.engine.DecodingModel`.
+
+    Mixed in before the network class (``class Model(GenerationMixin, Network)``);
+    ``from_pretrained`` also reads the model's ``generation_config.json``.
+    """
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, *args: Any, **kwargs: Any):
+        options = HubOptions.pop_from(dict(kwargs))  # a look only: the network's loader takes them too
+        model = super().from_pretrained(name_or_path, *args, **kwargs)
+        model.generation_config = GenerationConfig.from_model_files(name_or_path, model.config, options)
+        return model
 
     def generate(
         self,
@@ -216,7 +231,7 @@ class GenerationMixin:
             if not truncate:
                 raise PromptTooLongError(_too_long_message(length, overflow, config, over_max_length, limit,
                                                            over_seq_length))
-            keep = _truncated_columns(prompt, overflow)
+            keep = _truncated_columns(prompt, overflow, getattr(self, "prompt_prefix_ids", ()))
             prompt, mask = prompt[:, keep], mask[:, keep]
             positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
             first_position = int(positions[:, -1].max()) + 1
@@ -244,20 +259,11 @@ class _CachedDecoder:
 
     def __init__(self, model, engines: EngineCache, prompt, mask, positions, max_new, compiled, past) -> None:
         batch, length = prompt.shape
-        self.prefix = model.config.pre_seq_len or 0
-        start = past.length if past is not None else self.prefix
-        engine = self._engine_for(model, engines, batch, start + length + max_new, compiled, past)
-        self.engine = engine
-        self.mask = np.ones((batch, engine.cache_length), dtype=np.int32)
-        if past is not None:
-            if past.mask.shape[0] != batch:
-                raise ValueError(f"past_key_values hold {past.mask.shape[0]} rows, input_ids {batch}")
-            self.mask[:, : past.length] = past.mask[:, : past.length]
-        self.mask[:, start: start + length] = mask
-        self.prompt = prompt
-        self.prompt_positions = positions
-        self.start = start
-        self.cursor = start + length
+        if past is not None and past.engine.batch != batch:
+            raise ValueError(f"past_key_values hold {past.engine.batch} rows, input_ids {batch}")
+        start = past.length if past is not None else model.config.pre_seq_len or 0
+        self.engine = self._engine_for(model, engines, batch, start + length + max_new, compiled, past)
+        self.prompt, self.prompt_mask, self.prompt_positions = prompt, mask, positions
         self.positions = positions[:, -1].astype(np.int64) + 1 if length else np.zeros(batch, np.int64)
         self.past_tokens = (past.past_tokens if past is not None else 0) + int(mask.sum(axis=1).max())
 
@@ -267,29 +273,26 @@ class _CachedDecoder:
             return past.engine
         engine = engines.get(model, batch, round_up(needed, CACHE_BUCKET), compiled)
         if past is not None:
-            engine.copy_slots_from(past.engine, past.length)
-        else:
-            engine.write_prefix()
+            engine.take_over(past.engine)
         return engine
 
     def first_logits(self) -> np.ndarray:
-        return self.engine.prefill(self.prompt, self.prompt_positions, self.mask, self.start)
+        return self.engine.prefill(self.prompt, self.prompt_positions, self.prompt_mask)
 
     def reorder(self, rows: np.ndarray) -> None:
-        """Beam search: row ``i`` continues what row ``rows[i]`` holds (cache, mask, positions)."""
+        """Beam search: row ``i`` continues what row ``rows[i]`` holds (cache and positions)."""
         self.engine.reorder(rows)
-        self.mask, self.positions = self.mask[rows], self.positions[rows]
+        self.positions = self.positions[rows]
 
     def next_logits(self, tokens: np.ndarray) -> np.ndarray:
-        logits = self.engine.decode(tokens[:, None], self.positions[:, None], self.mask, self.cursor)
-        self.cursor += 1
+        logits = self.engine.decode(tokens[:, None], self.positions[:, None])
         self.positions += 1
         self.past_tokens += 1
         return logits
 
     def state(self) -> CacheState:
         # The token chosen last is not in the cache yet: the next turn starts by feeding it.
-        return CacheState(self.engine, self.cursor, self.mask.copy(), self.past_tokens)
+        return CacheState(self.engine, self.past_tokens)
 
 
 class _FullRecompute:
@@ -383,12 +386,10 @@ def _infer_mask(prompt: np.ndarray, pad_id: int, config: GenerationConfig) -> np
     return (np.cumsum(prompt != pad_id, axis=1) > 0).astype(np.int64)
 
 
-CHATGLM_PREFIX = (64790, 64792)  # [gMASK] sop in the ChatGLM2/3 vocabulary
-
-
-def _truncated_columns(prompt: np.ndarray, drop: int) -> np.ndarray:
-    """Column indices without the ``drop`` oldest tokens, keeping a leading ``[gMASK] sop``."""
+def _truncated_columns(prompt: np.ndarray, drop: int, prefix_ids) -> np.ndarray:
+    """Column indices without the ``drop`` oldest tokens, keeping a leading ``prefix_ids`` (ChatGLM's ``[gMASK] sop``)."""
     columns = np.arange(prompt.shape[1])
-    has_prefix = prompt.shape[1] > 2 + drop and (prompt[:, :2] == CHATGLM_PREFIX).all()
-    keep_head = 2 if has_prefix else 0
+    head = len(prefix_ids)
+    has_prefix = head and prompt.shape[1] > head + drop and (prompt[:, :head] == tuple(prefix_ids)).all()
+    keep_head = head if has_prefix else 0
     return np.concatenate([columns[:keep_head], columns[keep_head + drop:]])

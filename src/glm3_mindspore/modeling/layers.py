@@ -18,7 +18,7 @@ from mindspore.common.initializer import Normal, One, Zero, initializer
 
 from ..quantization import QuantizationConfig, quantize, quantized_shapes
 from ..runtime import is_ascend, supports_bf16_compute
-from . import cpu_kernels, kernels
+from . import cpu_kernels, reference_ops
 
 INIT_STD = 0.02
 
@@ -48,11 +48,15 @@ class Linear(nn.Cell):
     def construct(self, x: Tensor) -> Tensor:
         shape = x.shape
         rows = x.reshape(-1, shape[-1])
-        if self.kernel is not None and not self.training and not 0 < self.matmul_from_rows <= rows.shape[0]:
+        if not self.training and self.uses_kernel(rows.shape[0]):
             y = self.kernel(rows, self.weight)
         else:
             y = self.matmul(rows, self.weight if self.weight.dtype == x.dtype else self.weight.astype(x.dtype))
         return add_bias(y, self.bias).reshape(shape[:-1] + (self.out_features,))
+
+    def uses_kernel(self, rows: int) -> bool:
+        """Our kernel for inference products of ``rows`` rows (a constant of a compiled graph)."""
+        return self.kernel is not None and not 0 < self.matmul_from_rows <= rows
 
     def extend_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
@@ -184,10 +188,10 @@ class RMSNorm(nn.Cell):
         super().__init__()
         self.eps = eps
         self.weight = Parameter(initializer(One(), (hidden_size,), dtype), name="weight")
-        self.fused = kernels.use_fused_kernels()
+        self.fused = reference_ops.use_fused_kernels()
 
     def construct(self, x: Tensor) -> Tensor:
-        return kernels.rms_norm(x, self.weight, self.eps, self.fused)
+        return reference_ops.rms_norm(x, self.weight, self.eps, self.fused)
 
 
 class LayerNorm(nn.Cell):
@@ -198,35 +202,9 @@ class LayerNorm(nn.Cell):
         self.bias = Parameter(initializer(Zero(), (hidden_size,), dtype), name="bias")
 
     def construct(self, x: Tensor) -> Tensor:
-        return kernels.layer_norm(x, self.weight, self.bias, self.eps)
+        return reference_ops.layer_norm(x, self.weight, self.bias, self.eps)
 
 
 def make_norm(config, dtype) -> nn.Cell:
     cls = RMSNorm if config.rmsnorm else LayerNorm
     return cls(config.hidden_size, config.layernorm_epsilon, dtype=dtype)
-
-
-class RotaryEmbedding(nn.Cell):
-    """cos/sin tables for upstream's rotary embedding, looked up by position id.
-
-    ``theta_i = (10000 * rope_ratio) ** (-2i / R)`` for the ``R / 2`` pairs of the
-    first ``R = kv_channels / 2`` dims, computed in fp32 as upstream does. The
-    tables are constants, not parameters (the checkpoint's ``inv_freq`` is ignored).
-    """
-
-    def __init__(self, rotary_dim: int, base: float, max_positions: int) -> None:
-        super().__init__()
-        self.rotary_dim = rotary_dim
-        self.base = base
-        self.max_positions = max_positions
-        theta = 1.0 / (np.float32(base) ** (np.arange(0, rotary_dim, 2, dtype=np.float32) / np.float32(rotary_dim)))
-        angles = np.outer(np.arange(max_positions, dtype=np.float32), theta.astype(np.float32)).astype(np.float32)
-        self.cos_table = Tensor(np.cos(angles), ms.float32)
-        self.sin_table = Tensor(np.sin(angles), ms.float32)
-
-    def construct(self, position_ids: Tensor):
-        """``[B, S]`` positions -> ``cos``, ``sin`` of shape ``[B, S, 1, R/2]``."""
-        ids = position_ids.astype(ms.int32)
-        cos = ops.gather(self.cos_table, ids, 0)
-        sin = ops.gather(self.sin_table, ids, 0)
-        return cos.expand_dims(2), sin.expand_dims(2)

@@ -165,7 +165,7 @@ class ChatGLM3PreTrainedModel(nn.Cell):
         self.param_dtype = resolve_dtype(dtype)
         self.compute_dtype = resolve_dtype(compute_dtype, default_compute_dtype(self.param_dtype,
                                                                                 config.quantization is not None))
-        self.generation_config = None
+        self.generation_config = None  # set by the generation layer (GenerationMixin.from_pretrained)
 
     # ----------------------------------------------------------- construction
     @classmethod
@@ -225,17 +225,8 @@ class ChatGLM3PreTrainedModel(nn.Cell):
             model = cls(config, dtype=ms_dtype, compute_dtype=compute_dtype)
         model.load_weights(checkpoints.iter_tensors(files, progress=progress), allow_missing=allow_missing)
         model.init_parameters_data()  # parameters the checkpoint lacked get their initial values
-        model._attach_generation_config(name_or_path, options)
         model.set_train(False)
         return model
-
-    def _attach_generation_config(self, name_or_path, options: HubOptions) -> None:
-        """Read ``generation_config.json`` when the generation package is present."""
-        try:
-            from ..generation import GenerationConfig
-        except ImportError:
-            return
-        self.generation_config = GenerationConfig.from_model_files(name_or_path, self.config, options)
 
     # ---------------------------------------------------------------- weights
     def checkpoint_name(self, param_name: str) -> str:

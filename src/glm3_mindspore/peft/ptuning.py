@@ -25,7 +25,7 @@ from mindspore import nn
 
 from ..configuration import CONFIG_NAME
 from ..hub import HubOptions, is_local, resolve_file
-from ..modeling.prefix_encoder import PrefixEncoder
+from ..modeling.chatglm3 import PrefixEncoder
 from .config import AdapterError
 from .weights import drop_generation_cache, freeze_all_but, load_exact, named_parameters
 

@@ -1,13 +1,14 @@
-"""The numerical kernels of the model, behind one backend switch.
+"""The model's numerics in portable MindSpore ops: the reference, with Ascend's fused kernels behind one switch.
 
-The portable implementations (plain ``mindspore.ops`` and arithmetic) are the
-reference: they run on every device, are what the parity tests check, and are
-what runs on CPU. On Ascend, :func:`use_fused_kernels` selects MindSpore's
-fused ``rms_norm`` and ``flash_attention_score`` (grouped K/V heads, BNSD).
-The fused ``rotary_position_embedding`` is not used: its interleaved mode
-(ChatGLM's) takes one position table for the whole batch, while left-padded
-batches need a position row per sequence. The fused paths cannot be exercised
-on a CPU-only machine; they follow the kernels' documented contracts.
+The portable implementations (plain ``mindspore.ops`` and arithmetic) run on
+every device, are what the parity tests check, and are what runs on CPU. On
+Ascend, :func:`use_fused_kernels` selects MindSpore's fused ``rms_norm`` and
+``flash_attention_score`` (grouped K/V heads, BNSD) instead. The fused
+``rotary_position_embedding`` is not used: its interleaved mode (ChatGLM's)
+takes one position table for the whole batch, while left-padded batches need
+a position row per sequence. The fused paths cannot be exercised on a
+CPU-only machine; they follow the kernels' documented contracts. (Our CPU
+kernels for the linear layers are another matter: :mod:`.cpu_kernels`.)
 """
 
 from __future__ import annotations
@@ -110,16 +111,15 @@ def _flash_attention(query: Tensor, key: Tensor, value: Tensor, bias: Tensor, sc
     return out.astype(query.dtype)
 
 
-def additive_mask(
-    attention_mask: Optional[Tensor], query_start: Tensor, seq: int, keys: int, batch: int
-) -> Tensor:
-    """fp32 bias ``[B, 1, 1, S, K]``: 0 where query ``i`` may read key ``j``, very negative elsewhere.
+def causal_bias(attention_mask: Optional[Tensor], query_start: int, seq: int, keys: int, batch: int) -> Tensor:
+    """fp32 bias ``[B, 1, 1, S, K]`` without a cache: 0 where query ``i`` may read key ``j``, very negative elsewhere.
 
-    Query ``i`` sits at cache index ``query_start + i``; it may read key ``j`` when
-    ``j <= query_start + i`` (causal) and ``attention_mask[b, j] == 1`` (not padding).
-    A row with no readable key gets a uniform distribution instead of NaN.
+    Query ``i`` sits at key index ``query_start + i`` (after ``query_start``
+    prefix keys); it may read key ``j`` when ``j <= query_start + i`` (causal)
+    and ``attention_mask[b, j] == 1`` (not padding). A row with no readable key
+    gets a uniform distribution instead of NaN.
     """
-    query_index = ops.arange(seq, dtype=ms.int32).reshape(seq, 1) + query_start.astype(ms.int32)
+    query_index = ops.arange(seq, dtype=ms.int32).reshape(seq, 1) + query_start
     key_index = ops.arange(keys, dtype=ms.int32).reshape(1, keys)
     allowed = (key_index <= query_index).reshape(1, seq, keys)
     if attention_mask is not None:
