@@ -23,7 +23,7 @@ def device_target() -> str:
 
 
 def is_ascend() -> bool:
-    """True when fused Ascend kernels (flash attention, rms_norm, rotary) may be used."""
+    """True on Ascend, where fused kernels (flash attention, rms_norm) may replace the portable ops."""
     return device_target() == "Ascend"
 
 

@@ -120,10 +120,11 @@ static inline void stream_rows(const F& f, const float* x, int64_t M, int64_t N,
 
 template <int R, class F>
 static void stream_linear_r(const F& f, const float* x, int64_t M, int64_t N, int64_t K, float* y) {
-  // Several groups of x rows read the same weight rows: walk K in chunks whose
-  // weight rows stay in L1 between the groups, so each weight streams once.
-  int64_t chunk = M <= 4 ? K : 1024;
-  if constexpr (F::kGrouped) chunk = M <= 4 ? K : std::max<int64_t>(f.group, chunk / f.group * f.group);
+  // Several rows of x: walk K in chunks, so that the rows' chunk of x and the
+  // block's chunk of weights stay in L1 between the groups of x rows (each
+  // weight streams from memory once).
+  int64_t chunk = M == 1 ? K : 1024;
+  if constexpr (F::kGrouped) chunk = M == 1 ? K : std::max<int64_t>(f.group, chunk / f.group * f.group);
   const int64_t blocks = N / R;
   parallel_ranges(blocks + (N % R ? 1 : 0), [&](int64_t first, int64_t last) {
     for (int64_t b = first; b < std::min(last, blocks); ++b)
