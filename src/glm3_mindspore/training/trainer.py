@@ -23,6 +23,7 @@ import numpy as np
 from mindspore import Tensor, nn
 
 from ..data.collator import DataCollator, LengthBucketSampler
+from ..parallel.context import ParallelContext, SingleProcess
 from .arguments import TrainingArguments
 from .callbacks import (CallbackList, JsonlLogger, ProgressCallback, TensorBoardLogger, TrainerCallback,
                         TrainerControl, TrainerState)
@@ -53,33 +54,6 @@ class PredictionOutput:
     metrics: Dict[str, float]
 
 
-class SingleProcess:
-    """No parallelism: the default ``parallel`` of a :class:`Trainer`."""
-
-    rank = 0
-    world_size = 1
-    data_rank = 0
-    data_world_size = 1
-    grad_reducer = None
-    sliced_parameters = False
-
-    @property
-    def is_main(self) -> bool:
-        return True
-
-    def mean(self, value: float) -> float:
-        return value
-
-    def any(self, *flags: bool) -> tuple:
-        return tuple(bool(f) for f in flags)
-
-    def same(self, value: int, what: str) -> int:
-        return value
-
-    def barrier(self) -> None:
-        pass
-
-
 class _EvalLoss(nn.Cell):
     def __init__(self, model: nn.Cell) -> None:
         super().__init__(auto_prefix=False)
@@ -101,7 +75,7 @@ class Trainer:
         data_collator: Optional[Callable] = None,
         tokenizer=None,
         callbacks: Optional[List[TrainerCallback]] = None,
-        parallel=None,
+        parallel: Optional[ParallelContext] = None,
     ) -> None:
         self.model = model
         self.args = args
@@ -141,9 +115,7 @@ class Trainer:
         if self.args.gradient_checkpointing:
             for block in getattr(getattr(getattr(self.model, "transformer", None), "encoder", None), "layers", []):
                 block.recompute()
-        prepare = getattr(self.parallel, "prepare_model", None)
-        if prepare is not None:  # model parallelism: shard strategies and pipeline stages
-            prepare(self.model)
+        self.parallel.prepare_model(self.model)  # model parallelism: shard strategies and pipeline stages
 
     def trainable_parameters(self) -> List:
         return [(name, p) for name, p in self.model.parameters_and_names() if p.requires_grad]
@@ -154,14 +126,12 @@ class Trainer:
         if self.args.fp16 and self.loss_scaler is None:
             self.loss_scaler = DynamicLossScaler(self.args.loss_scale, self.args.loss_scale_factor,
                                                  self.args.loss_scale_window)
+        if self.train_step is None:  # model parallelism: the step is one graph the parallel compiler shards
+            self.train_step = self.parallel.build_train_step(self.model, self.optimizer, self.args,
+                                                             self._strategy_dir(), self.loss_scaler)
         if self.train_step is None:
-            build = getattr(self.parallel, "build_train_step", None)
-            if build is not None:  # model parallelism: the step is one graph the parallel compiler shards
-                self.train_step = build(self.model, self.optimizer, self.args, self._strategy_dir(),
-                                        self.loss_scaler)
-            else:
-                self.train_step = TrainStep(self.model, self.optimizer, self.args.compile, self.parallel.grad_reducer,
-                                            self.args.max_grad_norm, self.loss_scaler)
+            self.train_step = TrainStep(self.model, self.optimizer, self.args.compile, self.parallel.grad_reducer,
+                                        self.args.max_grad_norm, self.loss_scaler)
 
     # ------------------------------------------------------------------- data
     def _batches(self, dataset, batch_size: int, epoch: int, shuffle: bool) -> List[List[int]]:
