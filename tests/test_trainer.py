@@ -253,15 +253,15 @@ def test_in_graph_gradient_norm_matches_the_host_norm():
 def test_in_graph_gradient_norm_is_fp32_and_marked_for_the_parallel_compiler():
     """fp16 gradients are squared in fp32 (300**2 overflows fp16), and every term passes the ExpandDims marked
     ``grad_scale`` from which MindSpore's SEMI_AUTO_PARALLEL compiler sums the norm over slices and stages."""
-    from glm3_mindspore.training import train_step
+    from glm3_mindspore.parallel import fused_step
 
-    assert train_step._norm_term.attrs.get("grad_scale") is True
+    assert fused_step._norm_term.attrs.get("grad_scale") is True
     grads = (np.full((4, 8), 300.0, np.float16), np.arange(6, dtype=np.float16).reshape(2, 3))
     hyper_map = ms.ops.HyperMap()
 
     @ms.jit
     def norm_of(gradients):
-        return train_step.global_norm(hyper_map, gradients)
+        return fused_step.global_norm(hyper_map, gradients)
 
     norm = norm_of(ms.mutable(tuple(ms.Tensor(g) for g in grads)))
     assert norm.shape == () and norm.dtype == ms.float32
