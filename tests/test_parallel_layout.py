@@ -9,7 +9,7 @@ import pytest
 from glm3_mindspore.cli import main
 from glm3_mindspore.configuration import ChatGLM3Config
 from glm3_mindspore.parallel import ParallelDeviceError, parallel_from_environment
-from glm3_mindspore.parallel.config import read_run_parallel_settings
+from glm3_mindspore.mindformers.parallel_config import read_run_parallel_settings
 from glm3_mindspore.parallel.layout import (COLUMN, REPLICATED, ROW, VOCAB, LayoutError, ParallelConfig, build_layout,
                                             layout_problems, model_parameters, valid_shapes)
 from glm3_mindspore.parallel.memory import MemorySettings, estimate_memory

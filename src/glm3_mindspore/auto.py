@@ -133,7 +133,7 @@ class AutoConfig:
     @staticmethod
     def from_pretrained(name_or_path, **kwargs: Any):
         if _is_yaml(name_or_path):
-            from .run_config import model_config_from_yaml
+            from .mindformers.model_config import model_config_from_yaml
 
             return model_config_from_yaml(name_or_path, **kwargs)
         if is_weight_file(name_or_path):  # names no model type: this package's ChatGLM3
@@ -160,7 +160,7 @@ class AutoTokenizer:
     def from_pretrained(name_or_path, **kwargs: Any):
         _ensure_registry()
         if _is_yaml(name_or_path):
-            from .run_config import tokenizer_from_yaml
+            from .mindformers.model_config import tokenizer_from_yaml
 
             return tokenizer_from_yaml(name_or_path, **kwargs)
         path = Path(name_or_path).expanduser()
@@ -197,8 +197,8 @@ class _AutoModel:
         """Build the model; a MindFormers YAML config also loads ``checkpoint_name_or_path``."""
         model_cls = cls._model_cls(config)
         checkpoint = getattr(config, "checkpoint_name_or_path", None)
-        if getattr(config, "_from_yaml", False):
-            from .run_config import model_from_yaml_config
+        if getattr(config, "yaml_path", None):
+            from .mindformers.model_config import model_from_yaml_config
 
             return model_from_yaml_config(model_cls, config, **kwargs)
         if checkpoint:

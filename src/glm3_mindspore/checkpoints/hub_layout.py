@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Iterator, List, Tuple, Union
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
-from ..fileio import atomic_write_text
+from ..fileio import atomic_copy, atomic_write_text, read_json_object
 from ..hub import HubOptions, ModelFileNotFoundError, is_local, resolve_file
 from .errors import CheckpointError
 from .safetensors_io import iter_safetensors, save_safetensors
@@ -188,3 +188,33 @@ def _torch_saver():
     from .torch_pickle import save_torch_file
 
     return save_torch_file
+
+
+# Hub files that travel with the weights (data only; the .py files are copied, never run).
+COMPANION_FILES = ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
+                   "configuration_chatglm.py", "modeling_chatglm.py", "tokenization_chatglm.py", "quantization.py")
+
+
+def copy_companion_files(source, dst: Path, torch_dtype: Optional[str] = None, quantization=None,
+                         options: HubOptions = HubOptions()) -> List[str]:
+    """``config.json`` (``torch_dtype`` and quantization updated) and the tokenizer / generation files of a
+    folder, hub repo or weight file's folder, copied beside weights written to ``dst``. Returns notes for the
+    user (no ``config.json`` found)."""
+    where = Path(source).parent if Path(source).is_file() else source
+    config_file = resolve_file(where, "config.json", options, required=False)
+    notes = []
+    if config_file is None:
+        notes.append(f"no config.json beside {source}; pass --config FOLDER_OR_REPO to include one")
+    else:
+        config = read_json_object(config_file, CheckpointError)
+        if torch_dtype:
+            config["torch_dtype"] = torch_dtype
+        if quantization is not None:
+            config.update(quantization_bit=quantization.bits, quantization_config=quantization.to_dict())
+            config.pop("auto_map", None)  # upstream's code cannot read the quantized format
+        atomic_write_text(dst / "config.json", json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    for name in COMPANION_FILES:
+        found = resolve_file(where, name, options, required=False)
+        if found is not None:
+            atomic_copy(found, dst / name)
+    return notes

@@ -2,7 +2,7 @@
 
     glm3 ckpt merge --strategy output/strategy --src output/checkpoint --dst merged            # -> merged/rank_0/<prefix>0.ckpt
     glm3 ckpt merge --src_ckpt_strategy output/strategy --src_ckpt_dir output/checkpoint \\
-        --dst_ckpt_dir merged --prefix glm3_6b                                                  # the seed's transform_ckpt.py flags
+        --dst_ckpt_dir merged --prefix glm3_6b                                                  # MindFormers' transform_ckpt.py flags
     glm3 ckpt merge ... --to safetensors --config THUDM/chatglm3-6b                            # hub folder, from_pretrained-ready
     glm3 ckpt reshard --src merged/rank_0/glm3_6b0.ckpt --config run.yaml --world-size 8 --dst resharded
     glm3 ckpt strategy --config run.yaml --world-size 8 --dst strategy                       # strategy files of a layout
@@ -30,7 +30,7 @@ def register(subparsers) -> None:
     merge = commands.add_parser(
         "merge", help="per-rank slices + strategy -> one checkpoint (.ckpt or hub-layout safetensors)",
         description="Merge rank_<N>/*.ckpt slices using the run's strategy files (MindSpore's transform_checkpoints "
-                    "or the numpy engine). Accepts the seed's transform_ckpt.py flags as well.")
+                    "or the numpy engine). Accepts MindFormers' transform_ckpt.py flags as well.")
     merge.add_argument("--strategy", "--src_ckpt_strategy", dest="strategy", required=True,
                        help="strategy file, or the folder of per-rank / per-stage strategy files")
     merge.add_argument("--src", "--src_ckpt_dir", dest="src", required=True, type=Path,
@@ -80,7 +80,7 @@ def register(subparsers) -> None:
     imp.add_argument("--base-dst", type=Path, help="LoRA checkpoint: also write its base weights here (hub layout)")
     imp.add_argument("--config", help="run config (pet_config gives lora_alpha; model_config the config.json) or a "
                                       "hub folder / repo for config.json and tokenizer files")
-    imp.add_argument("--lora-alpha", type=float, help="LoRA alpha (default: the run config's, else 32 as the seed)")
+    imp.add_argument("--lora-alpha", type=float, help="LoRA alpha (default: the run config's, else 32 as in MindFormers' glm3 LoRA config)")
     imp.add_argument("--overwrite", action="store_true")
     imp.set_defaults(func=run_import)
 
@@ -110,10 +110,6 @@ def _common(parser) -> None:
 
 
 # ----------------------------------------------------------------------------- helpers
-def _is_yaml(value: Optional[str]) -> bool:
-    return bool(value) and str(value).endswith((".yaml", ".yml"))
-
-
 def _check_empty(dst: Path, overwrite: bool) -> None:
     if dst.exists() and not dst.is_dir():
         raise CliError(f"--dst {dst} is a file; it must be a folder")
@@ -123,14 +119,13 @@ def _check_empty(dst: Path, overwrite: bool) -> None:
 
 def _fallback_layouts(config: Optional[str], world_size: int):
     """Layouts rebuilt from a run YAML's parallel_config (hub names -> SliceLayout), or None."""
-    if not _is_yaml(config):
-        return None
+    from ..mindformers.model_config import is_run_yaml
+    from ..mindformers.parallel_config import layout_from_run_config
     from ..parallel.checkpoints import layout_entries
-    from ..parallel.config import read_run_parallel_settings
-    from ..parallel.layout import build_layout
 
-    settings = read_run_parallel_settings(config)
-    layout = build_layout(settings.model_config, settings.parallel, world_size, settings.peft)
+    if not is_run_yaml(config):
+        return None
+    layout = layout_from_run_config(config, world_size)
     entries = {}
     for stage_entries in layout_entries(layout, "hub").values():
         entries.update(stage_entries)
@@ -139,32 +134,11 @@ def _fallback_layouts(config: Optional[str], world_size: int):
 
 def _write_hub_folder(dst: Path, tensors: Iterator[Tuple[str, np.ndarray]], config: Optional[str]) -> List[Path]:
     """Hub-layout safetensors + config.json (+ tokenizer files) that ``from_pretrained`` loads."""
-    from ..checkpoints import write_weights
+    from ..mindformers.model_config import write_hub_model
 
-    dst.mkdir(parents=True, exist_ok=True)
-    written = write_weights(dst, tensors)
-    if config is None:
-        print("note: no --config, so no config.json was written; pass the run YAML or a hub folder")
-    elif _is_yaml(config):
-        from ..configuration import _FIELDS, ChatGLM3Config
-        from ..run_config import model_config_from_yaml
-
-        model_config = model_config_from_yaml(config)
-        plain = ChatGLM3Config(**{k: getattr(model_config, k) for k in _FIELDS})
-        plain.architectures = ["ChatGLMModel"]
-        plain.save_pretrained(dst)
-        vocab = getattr(model_config, "vocab_file", None)
-        if vocab:
-            try:
-                from ..tokenization import ChatGLM3Tokenizer
-
-                ChatGLM3Tokenizer.from_pretrained(vocab).save_pretrained(dst)
-            except Exception as exc:  # the weights are written; the tokenizer is a convenience
-                print(f"note: tokenizer not copied ({exc})")
-    else:
-        from .convert import _copy_companions
-
-        _copy_companions(config, dst, None)
+    written, notes = write_hub_model(dst, tensors, config)
+    for note in notes:
+        print(f"note: {note}")
     return written
 
 
@@ -246,12 +220,10 @@ def run_reshard(args) -> int:
     from ..checkpoints.mindspore_ckpt import iter_ckpt, save_ckpt
     from ..parallel.checkpoints import (merged_tensors, rank_checkpoint_files, read_strategy, split_checkpoint,
                                         transform_with_mindspore, write_strategy_files)
-    from ..parallel.config import read_run_parallel_settings
-    from ..parallel.layout import build_layout
+    from ..mindformers.parallel_config import layout_from_run_config
 
     _check_empty(args.dst, args.overwrite)
-    settings = read_run_parallel_settings(args.config, args.overrides)
-    layout = build_layout(settings.model_config, settings.parallel, args.world_size, settings.peft)
+    layout = layout_from_run_config(args.config, args.world_size, args.overrides)
     src = Path(args.src)
     distributed = src.is_dir() and any(p.name.startswith("rank_") for p in src.iterdir())
     if distributed and not args.strategy:
@@ -310,11 +282,9 @@ def _read_full(src: Path) -> Iterator[Tuple[str, np.ndarray]]:
 # ----------------------------------------------------------------------------- strategy
 def run_strategy(args) -> int:
     from ..parallel.checkpoints import write_merged_strategy, write_strategy_files
-    from ..parallel.config import read_run_parallel_settings
-    from ..parallel.layout import build_layout
+    from ..mindformers.parallel_config import layout_from_run_config
 
-    settings = read_run_parallel_settings(args.config, args.overrides)
-    layout = build_layout(settings.model_config, settings.parallel, args.world_size, settings.peft)
+    layout = layout_from_run_config(args.config, args.world_size, args.overrides)
     files = write_strategy_files(layout, args.dst, args.names)
     print(f"wrote {len(files)} strategy files ({layout.config.describe()}) to {args.dst}/")
     if args.merged:
@@ -324,45 +294,29 @@ def run_strategy(args) -> int:
 
 # ----------------------------------------------------------------------------- MindFormers interop
 def run_import(args) -> int:
-    from ..checkpoints.mindspore_ckpt import iter_ckpt
-    from ..parallel.mindformers import adapter_config_for, split_mindformers_lora, write_peft_adapter
+    from ..mindformers.lora import import_mindformers_checkpoint
 
     if args.src.suffix != ".ckpt":
         raise CliError(f"--src must be a MindFormers .ckpt, got {args.src}")
     _check_empty(args.dst, args.overwrite)
-    base, adapter = split_mindformers_lora(iter_ckpt(args.src))
-    if not adapter:
-        written = _write_hub_folder(args.dst, iter(base.items()), args.config)
-        print(f"no LoRA parameters: wrote the full model to {', '.join(str(p) for p in written[:3])}")
-        return 0
-    alpha, dropout = args.lora_alpha, 0.0
-    if _is_yaml(args.config):
-        from ..run_config import YamlDocument
-
-        doc = YamlDocument(Path(args.config))
-        pet = doc.get("pet_config") or doc.get("model", "model_config", "pet_config") or {}
-        if alpha is None and pet.get("lora_alpha") is not None:
-            alpha = float(pet["lora_alpha"])
-        dropout = float(pet.get("lora_dropout") or 0.0)
-    if alpha is None:
-        alpha = 32.0
-        print("note: lora_alpha is not stored in MindFormers checkpoints; using 32 (the seed's); "
-              "pass --lora-alpha or the run --config if yours differs")
-    config = adapter_config_for(adapter, alpha, dropout)
-    write_peft_adapter(args.dst, adapter, config)
-    print(f"wrote a PEFT adapter (r={config.r}, alpha={config.lora_alpha}, {len(adapter) // 2} layers, targets "
-          f"{config.target_modules}) to {args.dst}")
     if args.base_dst is not None:
         _check_empty(args.base_dst, args.overwrite)
-        written = _write_hub_folder(args.base_dst, iter(base.items()), args.config)
-        print(f"wrote the base weights to {', '.join(str(p) for p in written[:3])}")
+    result = import_mindformers_checkpoint(args.src, args.dst, args.config, args.lora_alpha, args.base_dst)
+    for note in result.notes:
+        print(f"note: {note}")
+    if result.adapter_config is None:
+        print(f"no LoRA parameters: wrote the full model to {', '.join(str(p) for p in result.model_files[:3])}")
+        return 0
+    config = result.adapter_config
+    print(f"wrote a PEFT adapter (r={config.r}, alpha={config.lora_alpha}, {result.lora_layers} layers, targets "
+          f"{config.target_modules}) to {args.dst}")
+    if args.base_dst is not None:
+        print(f"wrote the base weights to {', '.join(str(p) for p in result.model_files[:3])}")
     return 0
 
 
 def run_export(args) -> int:
-    from ..checkpoints import iter_tensors, resolve_weight_files
-    from ..checkpoints.mindspore_ckpt import save_ckpt
-    from ..parallel.mindformers import read_peft_adapter, to_mindformers_lora
+    from ..mindformers.lora import export_mindformers_checkpoint
 
     if args.dst.suffix != ".ckpt":
         raise CliError(f"--dst must be a .ckpt file, got {args.dst}")
@@ -370,17 +324,6 @@ def run_export(args) -> int:
         raise CliError(f"{args.dst} exists; pass --overwrite to replace it")
     if not args.adapter and not args.base:
         raise CliError("give --adapter (a PEFT LoRA folder) and/or --base (a model)")
-
-    def tensors():
-        if args.base:
-            for name, array in iter_tensors(resolve_weight_files(args.base)):
-                if not name.endswith("rotary_pos_emb.inv_freq"):
-                    yield name, array
-        if args.adapter:
-            weights, _ = read_peft_adapter(args.adapter)
-            yield from to_mindformers_lora(weights.items(), upper=args.mindpet_upper)
-
-    total = save_ckpt(args.dst, tensors(), names="mindformers")
+    total = export_mindformers_checkpoint(args.dst, args.adapter, args.base, args.mindpet_upper)
     print(f"wrote {total / 1e6:.1f} MB with MindFormers names to {args.dst}")
     return 0
-

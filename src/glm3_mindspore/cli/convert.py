@@ -17,7 +17,6 @@ model itself is never built. A failed conversion leaves no new output behind.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
@@ -27,9 +26,6 @@ import numpy as np
 from ..quantization import DEFAULT_GROUP_SIZE, QuantizationConfig, QuantizationError, quantize_tensors
 from . import CliError
 
-# Hub files that travel with the weights (data only; the .py files are copied, never run).
-COMPANION_FILES = ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
-                   "configuration_chatglm.py", "modeling_chatglm.py", "tokenization_chatglm.py", "quantization.py")
 _DTYPE_NAMES = {"fp16": "float16", "float16": "float16", "bf16": "bfloat16", "bfloat16": "bfloat16",
                 "fp32": "float32", "float32": "float32"}
 
@@ -99,13 +95,15 @@ def _write(tensors: Iterator[Tuple[str, np.ndarray]], dst: Path, args,
            quantization: Optional[QuantizationConfig]) -> Tuple[List[Path], int]:
     """Write the output; returns the files written and the tensor bytes."""
     from ..checkpoints import write_weights
+    from ..checkpoints.hub_layout import copy_companion_files
     from ..checkpoints.mindspore_ckpt import save_ckpt
 
     if args.to == "ckpt":
         return [dst], save_ckpt(dst, tensors, names=args.names)
     dst.mkdir(parents=True, exist_ok=True)
     written = write_weights(dst, tensors, max_shard_size=args.max_shard_size)
-    _copy_companions(args.config or args.src, dst, _DTYPE_NAMES.get(args.dtype or ""), quantization)
+    for note in copy_companion_files(args.config or args.src, dst, _DTYPE_NAMES.get(args.dtype or ""), quantization):
+        print(f"note: {note}")
     return written, sum(p.stat().st_size for p in written if p.suffix == ".safetensors")
 
 
@@ -180,27 +178,3 @@ def _cast(tensors: Iterator[Tuple[str, np.ndarray]], dtype_name: Optional[str]) 
     for name, array in tensors:
         floating = array.dtype.kind == "f" or array.dtype.name == "bfloat16"  # ints and bools stay as they are
         yield name, array.astype(target) if floating and array.dtype != target else array
-
-
-def _copy_companions(source: str, dst: Path, dtype_name: Optional[str],
-                     quantization: Optional[QuantizationConfig] = None) -> None:
-    """``config.json`` (``torch_dtype`` and quantization updated) and tokenizer / generation files from the source."""
-    from ..fileio import atomic_copy, atomic_write_text
-    from ..hub import resolve_file
-
-    where = Path(source).parent if Path(source).is_file() else source
-    config_file = resolve_file(where, "config.json", required=False)
-    if config_file is None:
-        print(f"note: no config.json beside {source}; pass --config FOLDER_OR_REPO to include one")
-    else:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-        if dtype_name:
-            config["torch_dtype"] = dtype_name
-        if quantization is not None:
-            config.update(quantization_bit=quantization.bits, quantization_config=quantization.to_dict())
-            config.pop("auto_map", None)  # upstream's code cannot read the quantized format
-        atomic_write_text(dst / "config.json", json.dumps(config, indent=2, ensure_ascii=False) + "\n")
-    for name in COMPANION_FILES:
-        found = resolve_file(where, name, required=False)
-        if found is not None:
-            atomic_copy(found, dst / name)

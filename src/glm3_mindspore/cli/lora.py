@@ -44,7 +44,8 @@ def run_merge(args) -> int:
     from ..fileio import atomic_copy
     from ..hub import HubOptions, resolve_file
     from ..peft import ADAPTER_CONFIG_NAME, load_adapter, lora_layers, merge_and_unload
-    from .convert import COMPANION_FILES, _check_destination
+    from ..checkpoints.hub_layout import COMPANION_FILES
+    from .convert import _check_destination
 
     out: Path = args.out.expanduser()
     _check_destination(out, "safetensors", args.overwrite)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
 from ..configuration import ConfigError
-from .finetune_config import DatasetSpec, FinetuneConfig
+from ..mindformers.finetune_config import DatasetSpec, FinetuneConfig
 from .glm_trainer import ChatGLM3Trainer
 
 logger = logging.getLogger(__name__)
