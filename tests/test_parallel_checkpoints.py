@@ -14,8 +14,8 @@ from glm3_mindspore.checkpoints import iter_tensors, resolve_weight_files
 from glm3_mindspore.checkpoints.mindspore_ckpt import iter_ckpt, save_ckpt
 from glm3_mindspore.cli import main
 from glm3_mindspore.configuration import ChatGLM3Config
-from glm3_mindspore.parallel.checkpoints import (merged_tensors, rank_checkpoint_files, read_strategy,
-                                                 split_checkpoint, transform_with_mindspore, write_merged_strategy)
+from glm3_mindspore.checkpoints.distributed import (merged_tensors, rank_checkpoint_files, read_strategy,
+                                                    split_checkpoint, transform_with_mindspore, write_merged_strategy)
 from glm3_mindspore.parallel.layout import ParallelConfig, build_layout
 from conftest import TINY
 

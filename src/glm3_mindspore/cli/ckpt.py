@@ -12,15 +12,12 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, List
 
-import numpy as np
-
+from ..checkpoints.distributed import ENGINES, NAMES
 from . import CliError
-
-ENGINES = ("auto", "mindspore", "numpy")
+from .common import check_output_file, check_output_folder
 
 
 def register(subparsers) -> None:
@@ -57,7 +54,7 @@ def register(subparsers) -> None:
     reshard.add_argument("--dst", required=True, type=Path,
                          help="output: <dst>/checkpoint/rank_<N>/<prefix>_rank_<N>.ckpt and <dst>/strategy/")
     reshard.add_argument("--prefix", default="glm3", help="slice file prefix (default glm3)")
-    reshard.add_argument("--names", choices=("mindformers", "hub"), default="mindformers",
+    reshard.add_argument("--names", choices=NAMES, default="mindformers",
                          help="parameter names in the slices (default MindFormers')")
     reshard.add_argument("--engine", choices=ENGINES, default="auto", help="numpy (default) or mindspore")
     reshard.add_argument("--overwrite", action="store_true", help="write into a non-empty --dst")
@@ -69,7 +66,7 @@ def register(subparsers) -> None:
     strategy.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     strategy.add_argument("--dst", required=True, type=Path, help="folder for ckpt_strategy_rank_<N>.ckpt")
     strategy.add_argument("--merged", type=Path, help="also write all stages merged into this one file")
-    strategy.add_argument("--names", choices=("mindformers", "hub"), default="mindformers")
+    strategy.add_argument("--names", choices=NAMES, default="mindformers")
     strategy.set_defaults(func=run_strategy)
 
     imp = commands.add_parser("import-mindformers",
@@ -104,35 +101,52 @@ def _common(parser) -> None:
     parser.add_argument("--engine", choices=ENGINES, default="auto",
                         help="mindspore (transform_checkpoints), numpy, or auto: MindSpore when the strategy "
                              "describes every parameter, else numpy")
-    parser.add_argument("--names", choices=("mindformers", "hub"), default="mindformers",
+    parser.add_argument("--names", choices=NAMES, default="mindformers",
                         help="parameter names of an output .ckpt (numpy engine)")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --dst")
 
 
-# ----------------------------------------------------------------------------- helpers
-def _check_empty(dst: Path, overwrite: bool) -> None:
-    if dst.exists() and not dst.is_dir():
-        raise CliError(f"--dst {dst} is a file; it must be a folder")
-    if dst.is_dir() and any(dst.iterdir()) and not overwrite:
-        raise CliError(f"{dst} is not empty; pass --overwrite to write into it")
+# ----------------------------------------------------------------------------- merge
+def run_merge(args) -> int:
+    from ..checkpoints.distributed import RankCheckpoints, choose_engine
+
+    check_output_folder(args.dst, args.overwrite)
+    slices = RankCheckpoints.open(args.src, args.strategy)
+    engine = choose_engine(args.engine, slices.without_layout)
+    if args.dst_strategy:
+        if engine != "mindspore":
+            raise CliError("--dst_ckpt_strategy transforms with MindSpore's engine, which needs a complete strategy; "
+                           "use glm3 ckpt reshard (numpy) instead")
+        out = slices.transform(args.dst, args.prefix, args.dst_strategy)
+        print(f"transformed {slices.world_size} rank checkpoints into {len(out)} with MindSpore: {args.dst}/rank_*/")
+        return 0
+    without = slices.without_layout
+    print(f"merging {slices.world_size} rank checkpoints with the {engine} engine"
+          + (f" ({len(without)} parameters without a strategy entry)" if without else ""))
+    fallback = _layouts_from_run_config(args.config, slices.world_size) if engine == "numpy" else None
+    report: Dict[str, List[str]] = {}
+    if args.to == "ckpt":
+        written = [slices.merge_to_ckpt(args.dst, args.prefix, engine, args.names, fallback, report)]
+    else:
+        workdir = args.dst.parent if args.dst.parent.exists() else None
+        with slices.merged(engine, fallback, report, workdir) as tensors:
+            written = _write_hub_folder(args.dst, tensors, args.config)
+    if report.get("rebuilt"):
+        print(f"rebuilt the layout of {len(report['rebuilt'])} parameters missing from the strategy from "
+              f"{args.config} (the run saved strategies for trainable parameters only)")
+    print(f"wrote {', '.join(str(p) for p in written[:3])}")
+    return 0
 
 
-def _fallback_layouts(config: Optional[str], world_size: int):
-    """Layouts rebuilt from a run YAML's parallel_config (hub names -> SliceLayout), or None."""
+def _layouts_from_run_config(config, world_size: int):
+    """With a run YAML as ``--config``, its layout gives the parameters a strategy file lacks."""
     from ..mindformers.model_config import is_run_yaml
-    from ..mindformers.parallel_config import layout_from_run_config
-    from ..parallel.checkpoints import layout_entries
+    from ..mindformers.parallel_config import slice_layouts_from_run_config
 
-    if not is_run_yaml(config):
-        return None
-    layout = layout_from_run_config(config, world_size)
-    entries = {}
-    for stage_entries in layout_entries(layout, "hub").values():
-        entries.update(stage_entries)
-    return entries
+    return slice_layouts_from_run_config(config, world_size) if is_run_yaml(config) else None
 
 
-def _write_hub_folder(dst: Path, tensors: Iterator[Tuple[str, np.ndarray]], config: Optional[str]) -> List[Path]:
+def _write_hub_folder(dst: Path, tensors, config) -> List[Path]:
     """Hub-layout safetensors + config.json (+ tokenizer files) that ``from_pretrained`` loads."""
     from ..mindformers.model_config import write_hub_model
 
@@ -142,146 +156,25 @@ def _write_hub_folder(dst: Path, tensors: Iterator[Tuple[str, np.ndarray]], conf
     return written
 
 
-def _choose_engine(engine: str, missing: List[str]) -> str:
-    if engine == "auto":
-        return "mindspore" if not missing else "numpy"
-    if engine == "mindspore" and missing:
-        raise CliError(f"the strategy has no layout for {len(missing)} parameters (e.g. {missing[:3]}): "
-                       "MindSpore's transform_checkpoints would copy rank 0's slice of them; use --engine numpy "
-                       "with --config RUN.yaml (the seed's only_trainable_params: False pitfall)")
-    return engine
-
-
-def _check_ranks(strategy, rank_files) -> None:
-    if not strategy:
-        raise CliError("the strategy file describes no parameters")
-    needed = set()
-    for entry in strategy.values():
-        for stage in entry.stages:
-            needed.update(range(stage * entry.devices, (stage + 1) * entry.devices))
-    missing = sorted(needed - set(rank_files))
-    if missing:
-        raise CliError(f"the strategy spans {len(needed)} ranks but rank_<N> folders are missing for ranks "
-                       f"{missing[:16]}{' ...' if len(missing) > 16 else ''}")
-
-
-# ----------------------------------------------------------------------------- merge
-def run_merge(args) -> int:
-    from ..checkpoints.mindspore_ckpt import save_ckpt
-    from ..parallel.checkpoints import (merged_tensors, rank_checkpoint_files, read_strategy, strategy_is_complete,
-                                        transform_with_mindspore)
-
-    _check_empty(args.dst, args.overwrite)
-    rank_files = rank_checkpoint_files(args.src)
-    strategy = read_strategy(args.strategy)
-    _check_ranks(strategy, rank_files)
-    missing = strategy_is_complete(strategy, rank_files)
-    engine = _choose_engine(args.engine, missing)
-    if args.dst_strategy:
-        if engine != "mindspore":
-            raise CliError("--dst_ckpt_strategy transforms with MindSpore's engine, which needs a complete strategy; "
-                           "use glm3 ckpt reshard (numpy) instead")
-        out = transform_with_mindspore(args.src, args.dst, args.prefix, args.strategy, args.dst_strategy)
-        print(f"transformed {len(rank_files)} rank checkpoints into {len(out)} with MindSpore: {args.dst}/rank_*/")
-        return 0
-    print(f"merging {len(rank_files)} rank checkpoints with the {engine} engine"
-          + (f" ({len(missing)} parameters without a strategy entry)" if missing else ""))
-    if engine == "mindspore":
-        with tempfile.TemporaryDirectory(dir=args.dst.parent if args.dst.parent.exists() else None) as work:
-            target = args.dst if args.to == "ckpt" else Path(work) / "merged"
-            out = transform_with_mindspore(args.src, target, args.prefix, args.strategy)
-            if args.to == "ckpt":
-                print(f"wrote {out[0]}")
-                return 0
-            from ..checkpoints.mindspore_ckpt import iter_ckpt
-
-            written = _write_hub_folder(args.dst, iter_ckpt(out[0]), args.config)
-            print(f"wrote {', '.join(str(p) for p in written[:3])}")
-            return 0
-    fallback = _fallback_layouts(args.config, len(rank_files))
-    report: Dict[str, List[str]] = {}
-    tensors = merged_tensors(strategy, rank_files, fallback, report)
-    if args.to == "ckpt":
-        path = args.dst / "rank_0" / f"{args.prefix}0.ckpt"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_ckpt(path, tensors, names=args.names)
-        written = [path]
-    else:
-        written = _write_hub_folder(args.dst, tensors, args.config)
-    if report.get("rebuilt"):
-        print(f"rebuilt the layout of {len(report['rebuilt'])} parameters missing from the strategy from "
-              f"{args.config} (the run saved strategies for trainable parameters only)")
-    print(f"wrote {', '.join(str(p) for p in written[:3])}")
-    return 0
-
-
 # ----------------------------------------------------------------------------- reshard
 def run_reshard(args) -> int:
-    from ..checkpoints.mindspore_ckpt import iter_ckpt, save_ckpt
-    from ..parallel.checkpoints import (merged_tensors, rank_checkpoint_files, read_strategy, split_checkpoint,
-                                        transform_with_mindspore, write_strategy_files)
+    from ..checkpoints.distributed import is_rank_folder, reshard
     from ..mindformers.parallel_config import layout_from_run_config
 
-    _check_empty(args.dst, args.overwrite)
+    check_output_folder(args.dst, args.overwrite)
     layout = layout_from_run_config(args.config, args.world_size, args.overrides)
-    src = Path(args.src)
-    distributed = src.is_dir() and any(p.name.startswith("rank_") for p in src.iterdir())
-    if distributed and not args.strategy:
-        raise CliError(f"{src} holds per-rank slices: pass their --strategy")
-    args.dst.mkdir(parents=True, exist_ok=True)
-    checkpoint_dir, strategy_dir = args.dst / "checkpoint", args.dst / "strategy"
+    if is_rank_folder(args.src) and not args.strategy:
+        raise CliError(f"{args.src} holds per-rank slices: pass their --strategy")
     engine = "numpy" if args.engine == "auto" else args.engine
-    with tempfile.TemporaryDirectory(dir=args.dst) as work:
-        if engine == "mindspore":
-            if not distributed:  # MindSpore reads an unsplit source from rank_0/
-                (Path(work) / "src" / "rank_0").mkdir(parents=True)
-                full = Path(work) / "src" / "rank_0" / "full.ckpt"
-                save_ckpt(full, _read_full(src), names=args.names)
-                source, source_strategy = Path(work) / "src", None
-            else:
-                source, source_strategy = src, args.strategy
-            write_strategy_files(layout, strategy_dir, args.names)
-            if source_strategy is None:
-                import mindspore as ms
-
-                ms.transform_checkpoints(str(source), str(checkpoint_dir), args.prefix + "_rank_", None,
-                                         _merged(strategy_dir, work))
-            else:
-                transform_with_mindspore(source, checkpoint_dir, args.prefix + "_rank_", source_strategy, strategy_dir)
-        else:
-            merged_file = Path(work) / "merged.ckpt"
-            if distributed:
-                rank_files = rank_checkpoint_files(src)
-                strategy = read_strategy(args.strategy)
-                _check_ranks(strategy, rank_files)
-                save_ckpt(merged_file, merged_tensors(strategy, rank_files), names="hub")
-            else:
-                save_ckpt(merged_file, _read_full(src), names="hub")
-            arrays = dict(iter_ckpt(merged_file))  # memory-mapped
-            arrays = {k: v for k, v in arrays.items() if k in layout.params}
-            split_checkpoint(arrays, layout, checkpoint_dir, args.prefix, args.names, strategy_dir)
+    checkpoint_dir, strategy_dir = reshard(args.src, args.dst, layout, args.strategy, engine, args.prefix, args.names)
     print(f"wrote {layout.world_size} rank checkpoints ({layout.config.describe()}) to {checkpoint_dir}/rank_*/ "
           f"and their strategy files to {strategy_dir}/")
     return 0
 
 
-def _merged(strategy_dir: Path, work: str) -> str:
-    from ..parallel.checkpoints import merged_strategy_file
-
-    return merged_strategy_file(strategy_dir, Path(work) / "dst")
-
-
-def _read_full(src: Path) -> Iterator[Tuple[str, np.ndarray]]:
-    from ..checkpoints import iter_tensors, resolve_weight_files
-
-    for name, array in iter_tensors(resolve_weight_files(src)):
-        if not name.endswith("rotary_pos_emb.inv_freq"):
-            yield name, array
-
-
 # ----------------------------------------------------------------------------- strategy
 def run_strategy(args) -> int:
-    from ..parallel.checkpoints import write_merged_strategy, write_strategy_files
+    from ..checkpoints.distributed import write_merged_strategy, write_strategy_files
     from ..mindformers.parallel_config import layout_from_run_config
 
     layout = layout_from_run_config(args.config, args.world_size, args.overrides)
@@ -298,9 +191,9 @@ def run_import(args) -> int:
 
     if args.src.suffix != ".ckpt":
         raise CliError(f"--src must be a MindFormers .ckpt, got {args.src}")
-    _check_empty(args.dst, args.overwrite)
+    check_output_folder(args.dst, args.overwrite)
     if args.base_dst is not None:
-        _check_empty(args.base_dst, args.overwrite)
+        check_output_folder(args.base_dst, args.overwrite, "--base-dst")
     result = import_mindformers_checkpoint(args.src, args.dst, args.config, args.lora_alpha, args.base_dst)
     for note in result.notes:
         print(f"note: {note}")
@@ -318,10 +211,7 @@ def run_import(args) -> int:
 def run_export(args) -> int:
     from ..mindformers.lora import export_mindformers_checkpoint
 
-    if args.dst.suffix != ".ckpt":
-        raise CliError(f"--dst must be a .ckpt file, got {args.dst}")
-    if args.dst.exists() and not args.overwrite:
-        raise CliError(f"{args.dst} exists; pass --overwrite to replace it")
+    check_output_file(args.dst, ".ckpt", args.overwrite)
     if not args.adapter and not args.base:
         raise CliError("give --adapter (a PEFT LoRA folder) and/or --base (a model)")
     total = export_mindformers_checkpoint(args.dst, args.adapter, args.base, args.mindpet_upper)

@@ -1,9 +1,12 @@
-"""Arguments shared by the sub-commands that load a model and generate."""
+"""Arguments shared by the sub-commands: loading a model, decoding, output paths."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any, Dict
+
+from . import CliError
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,3 +58,19 @@ def load_model_and_tokenizer(args: argparse.Namespace):
         options["quantization_bit"] = int(args.quantize[3:])
     model = AutoModelForCausalLM.from_pretrained(args.model, ms_dtype=args.dtype, **options)
     return model, tokenizer
+
+
+def check_output_folder(folder: Path, overwrite: bool, flag: str = "--dst") -> None:
+    """Never clobber user data silently: writing into a non-empty folder needs ``--overwrite``."""
+    if folder.exists() and not folder.is_dir():
+        raise CliError(f"{flag} {folder} is a file; it must be a folder")
+    if folder.is_dir() and any(folder.iterdir()) and not overwrite:
+        raise CliError(f"{folder} is not empty; pass --overwrite to write into it")
+
+
+def check_output_file(path: Path, suffix: str, overwrite: bool, flag: str = "--dst") -> None:
+    """An output file of the right kind, replaced only with ``--overwrite``."""
+    if path.suffix != suffix:
+        raise CliError(f"{flag} must be a {suffix} file, got {path}")
+    if path.exists() and not overwrite:
+        raise CliError(f"{path} exists; pass --overwrite to replace it")

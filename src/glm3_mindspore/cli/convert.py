@@ -25,6 +25,7 @@ import numpy as np
 
 from ..quantization import DEFAULT_GROUP_SIZE, QuantizationConfig, QuantizationError, quantize_tensors
 from . import CliError
+from .common import check_output_file, check_output_folder
 
 _DTYPE_NAMES = {"fp16": "float16", "float16": "float16", "bf16": "bfloat16", "bfloat16": "bfloat16",
                 "fp32": "float32", "float32": "float32"}
@@ -56,7 +57,10 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     dst: Path = args.dst.expanduser()
-    _check_destination(dst, args.to, args.overwrite)
+    if args.to == "ckpt":
+        check_output_file(dst, ".ckpt", args.overwrite)
+    else:
+        check_output_folder(dst, args.overwrite)
     quantization = _quantization(args)
     files = _weight_files(args.src)
     _check_against_config(files, args.config or args.src)
@@ -123,20 +127,6 @@ def _check_against_config(files: List[Path], config_source: str) -> None:
     except WeightLoadingError as exc:
         raise CliError(f"the weights of {config_source} do not fit its config (pass --config FOLDER_OR_REPO "
                        f"if it belongs to another model): {exc}") from None
-
-
-def _check_destination(dst: Path, to: str, overwrite: bool) -> None:
-    """Never clobber user data silently: an existing output needs ``--overwrite``."""
-    if to == "ckpt":
-        if dst.suffix != ".ckpt":
-            raise CliError(f"--dst must be a .ckpt file for --to ckpt, got {dst}")
-        if dst.exists() and not overwrite:
-            raise CliError(f"{dst} exists; pass --overwrite to replace it")
-        return
-    if dst.exists() and not dst.is_dir():
-        raise CliError(f"--dst {dst} is a file; --to safetensors writes a folder")
-    if dst.is_dir() and any(dst.iterdir()) and not overwrite:
-        raise CliError(f"{dst} is not empty; pass --overwrite to write into it")
 
 
 def _weight_files(src: str) -> List[Path]:

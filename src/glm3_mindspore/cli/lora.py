@@ -45,10 +45,10 @@ def run_merge(args) -> int:
     from ..hub import HubOptions, resolve_file
     from ..peft import ADAPTER_CONFIG_NAME, load_adapter, lora_layers, merge_and_unload
     from ..checkpoints.hub_layout import COMPANION_FILES
-    from .convert import _check_destination
+    from .common import check_output_folder
 
     out: Path = args.out.expanduser()
-    _check_destination(out, "safetensors", args.overwrite)
+    check_output_folder(out, args.overwrite, "--out")
     if resolve_file(args.adapter, ADAPTER_CONFIG_NAME, required=False) is None:
         raise CliError(f"{args.adapter}: not a LoRA adapter ({ADAPTER_CONFIG_NAME} not found)")
     base_options = HubOptions(revision=args.revision)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence
 
+from ..checkpoints.distributed import SliceLayout, all_entries
 from ..parallel.layout import Layout, LayoutError, ParallelConfig, build_layout
 from ..parallel.memory import MemorySettings
 from .documents import YamlDocument, apply_overrides
@@ -74,5 +75,11 @@ def layout_from_run_config(path, world_size: int, overrides: Sequence[str] = ())
     return build_layout(settings.model_config, settings.parallel, world_size, settings.peft)
 
 
+def slice_layouts_from_run_config(path, world_size: int) -> Dict[str, SliceLayout]:
+    """Every parameter's strategy entry (hub names) under a run YAML's layout: what rebuilds the entries a
+    strategy file saved for trainable parameters only lacks."""
+    return all_entries(layout_from_run_config(path, world_size))
+
+
 __all__ = ["RunParallelSettings", "layout_from_run_config", "parallel_config_from_sections",
-           "read_run_parallel_settings"]
+           "read_run_parallel_settings", "slice_layouts_from_run_config"]

@@ -9,8 +9,11 @@
   placement (pure Python); :mod:`.strategy` - operator shard strategies and
   pipeline stages (applied on Ascend/GPU only); :mod:`.memory` / :mod:`.plan` -
   ``glm3 parallel plan``;
-* :mod:`.checkpoints` - strategy files, per-rank slices, merge and reshard
-  (``glm3 ckpt``); :mod:`.mindformers` - MindFormers LoRA checkpoint names.
+* :mod:`.fused_step` - the whole train step as one graph, as SEMI_AUTO_PARALLEL compiles it.
+
+The files of sharded runs (strategy files, per-rank slices, merge and reshard,
+``glm3 ckpt``) are :mod:`glm3_mindspore.checkpoints.distributed`; run YAMLs are
+read by :mod:`glm3_mindspore.mindformers`.
 """
 
 from __future__ import annotations

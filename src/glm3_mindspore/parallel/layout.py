@@ -43,6 +43,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..checkpoints.distributed import SliceLayout
+
 REPLICATED = "replicated"
 COLUMN = "column"
 ROW = "row"
@@ -222,6 +224,24 @@ class Layout:
 
     def params_of_stage(self, stage: int) -> List[ParamLayout]:
         return [p for p in self.params.values() if p.stage == stage]
+
+    def slice_layouts(self) -> Dict[int, Dict[str, SliceLayout]]:
+        """``stage -> {hub name: SliceLayout}``: what a strategy file records of each parameter.
+
+        The parallel optimizer shards dim 0 of a slice over the ``dp`` replicas
+        holding it: ``opt_weight_shard_size`` replicas, ``opt_weight_shard_step``
+        ranks apart (``mp`` when dim 0 is itself split over ``mp``).
+        """
+        mp = self.config.model_parallel
+        out: Dict[int, Dict[str, SliceLayout]] = {stage: {} for stage in range(self.num_stages)}
+        for p in self.params.values():
+            opt_step = opt_size = 0
+            if p.opt_shard > 1:
+                opt_size = p.opt_shard
+                opt_step = mp if MP_AXIS in p.tensor_map and mp > 1 else 1
+            out[p.stage][p.name] = SliceLayout(list(p.dev_matrix), list(p.tensor_map) if p.shape else [],
+                                               opt_step, opt_size, [p.stage])
+        return out
 
     def rank_slices(self, rank: int, arrays: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
         """The parameters rank ``rank`` holds, sliced from full ``arrays`` (names as in the layout)."""

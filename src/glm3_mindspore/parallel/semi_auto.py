@@ -129,7 +129,7 @@ class SemiAutoParallel(DataParallel):
 
     def merge_slices(self, folder: Path, strategy_dir: Path, names_in_model) -> Dict[str, np.ndarray]:
         """Full tensors of the model parameters from every rank's slices (rank 0, after a barrier)."""
-        from .checkpoints import merged_tensors, rank_checkpoint_files, read_strategy
+        from ..checkpoints.distributed import merged_tensors, rank_checkpoint_files, read_strategy
 
         wanted = set(names_in_model)
         return {name: array for name, array in merged_tensors(read_strategy(strategy_dir), rank_checkpoint_files(folder))
