@@ -193,15 +193,21 @@ def test_learning_rate_schedules_by_hand():
     assert learning_rate_at(7, 10, args.replace(lr_scheduler_type="constant_with_warmup")) == 1.0
 
 
-def test_recompute_gives_the_same_losses(tmp_path, expected_train):
+def test_recompute_of_the_blocks_the_model_names_gives_the_same_losses(tmp_path, expected_train):
     curves = []
     for recompute in (False, True):
         model = ChatGLM3ForConditionalGeneration.from_pretrained(TINY, ms_dtype=ms.float32)
+        assert len(model.recompute_cells()) == model.config.num_layers  # one per transformer block
         args = upstream_args(tmp_path / str(recompute), gradient_checkpointing=recompute, max_steps=3)
         trainer = Trainer(model, args, train_dataset=fixture_rows(expected_train))
         trainer.train()
         curves.append(losses(trainer))
     np.testing.assert_allclose(curves[0], curves[1], atol=1e-6)
+
+
+def test_recompute_needs_a_model_that_names_its_cells(tmp_path):
+    with pytest.raises(ValueError, match="Dense does not say which cells to recompute"):
+        Trainer(ms.nn.Dense(2, 2), TrainingArguments(output_dir=str(tmp_path), gradient_checkpointing=True))
 
 
 def test_evaluate_is_the_token_weighted_loss(tmp_path, expected_train):

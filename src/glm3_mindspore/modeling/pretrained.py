@@ -438,6 +438,12 @@ class ChatGLM3PreTrainedModel(nn.Cell):
                 raise ValueError(f"state_dict[{name!r}] has shape {tuple(array.shape)}, the model {shape}")
             yield name, array.astype(target, copy=False)
 
+    def recompute_cells(self) -> List[nn.Cell]:
+        """The cells gradient checkpointing recomputes in the backward pass instead of keeping their
+        activations: every transformer block. The trainer asks for them (``gradient_checkpointing``)."""
+        transformer = self if isinstance(self, _base_model_class()) else getattr(self, self.base_model_prefix)
+        return list(transformer.encoder.layers)
+
     def num_parameters(self, trainable_only: bool = False) -> int:
         params = self.trainable_params() if trainable_only else self.get_parameters()
         return int(sum(int(np.prod(p.shape)) for p in params))

@@ -64,7 +64,12 @@ class _EvalLoss(nn.Cell):
 
 
 class Trainer:
-    """Hugging Face-style trainer for MindSpore causal LMs whose ``construct`` returns ``(loss, logits)``."""
+    """Hugging Face-style trainer for MindSpore causal LMs whose ``construct`` returns ``(loss, logits)``.
+
+    What it needs of the model beyond that: ``recompute_cells()`` for
+    ``gradient_checkpointing``, and ``save_pretrained`` / ``load_weights`` for
+    checkpoints; of the job, a :class:`~glm3_mindspore.parallel.ParallelContext`.
+    """
 
     def __init__(
         self,
@@ -113,9 +118,17 @@ class Trainer:
                 if hasattr(cell, "compute_dtype"):
                     cell.compute_dtype = compute
         if self.args.gradient_checkpointing:
-            for block in getattr(getattr(getattr(self.model, "transformer", None), "encoder", None), "layers", []):
-                block.recompute()
+            for cell in self._recompute_cells():
+                cell.recompute()
         self.parallel.prepare_model(self.model)  # model parallelism: shard strategies and pipeline stages
+
+    def _recompute_cells(self) -> List[nn.Cell]:
+        """What the model says gradient checkpointing should recompute (its ``recompute_cells()``)."""
+        recompute_cells = getattr(self.model, "recompute_cells", None)
+        if recompute_cells is None:
+            raise ValueError(f"gradient_checkpointing: {type(self.model).__name__} does not say which cells to "
+                             "recompute (it has no recompute_cells() method)")
+        return recompute_cells()
 
     def trainable_parameters(self) -> List:
         return [(name, p) for name, p in self.model.parameters_and_names() if p.requires_grad]
