@@ -260,10 +260,12 @@ def model_parameters(model_config, peft: Optional[Mapping[str, Any]] = None) -> 
     ``peft``: a LoRA config (``LoraConfig``, PEFT dict or MindFormers ``pet_config``) or None.
     Names are the model's own (hub names), in the model's order.
     """
+    from ..peft.config import lora_config_from
+
     c = model_config
     heads, groups, dim, hidden = c.num_attention_heads, c.num_key_value_groups, c.kv_channels, c.hidden_size
     qkv = (heads + 2 * groups) * dim
-    lora = _lora_config(peft)
+    lora = lora_config_from(peft)
     frozen_base = lora is not None or c.pre_seq_len is not None
     out: List[Tuple[str, Tuple[int, ...], bool]] = []
 
@@ -302,18 +304,6 @@ def model_parameters(model_config, peft: Optional[Mapping[str, Any]] = None) -> 
                     ("transformer.prefix_encoder.trans.2.weight", (kv, hidden), True),
                     ("transformer.prefix_encoder.trans.2.bias", (kv,), True)]
     return out
-
-
-def _lora_config(peft):
-    if peft is None:
-        return None
-    from ..peft import LoraConfig
-
-    if isinstance(peft, LoraConfig):
-        return peft
-    if "pet_type" in peft or "pet_config" in peft:
-        return LoraConfig.from_mindformers(peft)
-    return LoraConfig.from_dict(peft)
 
 
 # ----------------------------------------------------------------------------- checking

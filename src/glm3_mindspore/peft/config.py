@@ -178,3 +178,17 @@ class LoraConfig:
             else:
                 extra[f"mindformers_{key}"] = value
         return cls.from_dict({**extra, **data}, source=source)
+
+
+def lora_config_from(settings: Union[LoraConfig, Mapping[str, Any], None]) -> Optional[LoraConfig]:
+    """The :class:`LoraConfig` a run's LoRA settings describe; None (or empty) when there are none.
+
+    ``settings`` is a ``LoraConfig`` (returned as is), MindFormers' ``pet_config``
+    (``pet_type: lora``, or a ``model_config`` holding one) or a PEFT
+    ``adapter_config.json`` mapping.
+    """
+    if not settings or isinstance(settings, LoraConfig):
+        return settings or None
+    if "pet_type" in settings or "pet_config" in settings:
+        return LoraConfig.from_mindformers(settings)
+    return LoraConfig.from_dict(settings)

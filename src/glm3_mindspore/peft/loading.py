@@ -1,14 +1,26 @@
-"""One call for inference: a base model plus a LoRA adapter or a P-Tuning v2 prefix."""
+"""Putting a tuning method on a model: from a run's settings (:func:`apply_tuning_method`), or a base model plus a
+saved LoRA adapter or P-Tuning v2 prefix in one call (:func:`load_pretrained_with_adapter`)."""
 
 from __future__ import annotations
 
 import os
-from typing import Any, Optional, Type, Union
+from typing import Any, Mapping, Optional, Type, Union
 
 from ..hub import HubOptions, resolve_file
-from .config import ADAPTER_CONFIG_NAME, AdapterError
-from .lora import load_adapter, merge_and_unload
-from .ptuning import load_prefix, read_prefix_config
+from .config import ADAPTER_CONFIG_NAME, AdapterError, LoraConfig, lora_config_from
+from .lora import get_peft_model, load_adapter, merge_and_unload
+from .ptuning import load_prefix, read_prefix_config, setup_ptuning
+
+
+def apply_tuning_method(model, peft: Union[LoraConfig, Mapping[str, Any], None] = None):
+    """LoRA when ``peft`` gives its settings (see :func:`lora_config_from`), P-Tuning v2 when the model's config
+    has ``pre_seq_len``, else the model as it is (full fine-tuning)."""
+    lora = lora_config_from(peft)
+    if lora is not None:
+        return get_peft_model(model, lora)
+    if model.config.pre_seq_len:
+        return setup_ptuning(model)
+    return model
 
 
 def load_pretrained_with_adapter(
@@ -48,7 +60,5 @@ def load_pretrained_with_adapter(
     model = model_class.from_pretrained(base, pre_seq_len=pre_seq_len, prefix_projection=prefix_projection, **kwargs)
     load_prefix(model, adapter, options)
     if is_trainable:
-        from .ptuning import setup_ptuning
-
         setup_ptuning(model)
     return model
