@@ -186,12 +186,18 @@ def test_memory_model_responds_to_recompute_flash_and_optimizer_shard():
     assert full.optimizer == pytest.approx(6_243_584_000 * 8) and full.gradients == pytest.approx(6_243_584_000 * 4)
 
 
-def test_tiny_layout_names_and_shapes_are_the_models(tiny_dir):
+@pytest.mark.parametrize("method", ["full", "lora", "ptuning"])
+def test_tiny_layout_names_shapes_and_trainability_are_the_models(tiny_dir, method):
     from glm3_mindspore.modeling import ChatGLM3ForConditionalGeneration
+    from glm3_mindspore.peft import LoraConfig, apply_tuning_method
 
-    model = ChatGLM3ForConditionalGeneration.from_pretrained(tiny_dir, ms_dtype=ms.float32)
-    layout = build_layout(model.config, ParallelConfig(1, 2, 1))
-    assert [(n, tuple(p.shape)) for n, p in model.parameters_and_names()] == [(n, p.shape) for n, p in layout.params.items()]
+    peft = LoraConfig(r=2, target_modules=["query_key_value", "dense_4h_to_h"]) if method == "lora" else None
+    changes = {"pre_seq_len": 4, "prefix_projection": True} if method == "ptuning" else {}
+    model = ChatGLM3ForConditionalGeneration.from_pretrained(tiny_dir, ms_dtype=ms.float32, **changes)
+    model = apply_tuning_method(model, peft)
+    layout = build_layout(model.config, ParallelConfig(1, 2, 1), peft=peft)
+    assert [(n, tuple(p.shape), p.requires_grad) for n, p in model.parameters_and_names()] == [
+        (n, p.shape, p.trainable) for n, p in layout.params.items()]
 
 
 def test_strategies_land_on_the_models_primitives_and_stages(tiny_dir):
