@@ -49,11 +49,9 @@ def resolve_weight_files(name_or_path, options: HubOptions = HubOptions()) -> Li
 
 
 def _shards_from_index(index_file: Path) -> List[str]:
-    try:
-        index = json.loads(index_file.read_text(encoding="utf-8"))
-        weight_map = index["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise CheckpointError(f"{index_file}: not a valid weight index (needs a 'weight_map' object)") from None
+    weight_map = read_json_object(index_file, CheckpointError).get("weight_map")
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{index_file}: not a valid weight index (needs a 'weight_map' object)")
     shards: List[str] = []
     for shard in weight_map.values():
         if "/" in shard or "\\" in shard or shard.startswith("."):

@@ -50,11 +50,3 @@ class DataConfig:
 def _check_positive(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise DataError(f"{name} must be a positive integer, got {value!r}")
-
-
-_JSON_NAMES = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
-
-
-def type_name(value: object) -> str:
-    """The JSON name of a value's type, for error messages (``null``, ``array`` ...)."""
-    return "null" if value is None else _JSON_NAMES.get(type(value), type(value).__name__)

@@ -15,7 +15,6 @@ checkpoints, keeping only the prefix keys, like upstream's loader::
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Tuple, Union
@@ -24,6 +23,7 @@ import numpy as np
 from mindspore import nn
 
 from ..configuration import CONFIG_NAME
+from ..fileio import read_json_object
 from ..hub import HubOptions, is_local, resolve_file
 from ..modeling.prefix_encoder import PrefixEncoder
 from .config import AdapterError
@@ -93,11 +93,8 @@ def read_prefix_config(source: Union[str, os.PathLike], options: HubOptions = Hu
     config_file = resolve_file(folder, CONFIG_NAME, options, required=False)
     if config_file is None:
         return None
-    try:
-        data = json.loads(config_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise AdapterError(f"{config_file}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    if not isinstance(data, dict) or not data.get("pre_seq_len"):
+    data = read_json_object(config_file, AdapterError)
+    if not data.get("pre_seq_len"):
         return None
     return int(data["pre_seq_len"]), bool(data.get("prefix_projection", False))
 

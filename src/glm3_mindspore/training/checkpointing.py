@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 
 from ..checkpoints.safetensors_io import load_safetensors, save_safetensors
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_text, read_json_object
 
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -118,11 +118,7 @@ def commit_checkpoint(output_dir: Path, staging: Path, step: int, optimizer_stat
 
 
 def load_trainer_state(checkpoint: Path) -> Dict[str, Any]:
-    path = Path(checkpoint) / STATE_FILE
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: corrupt trainer state ({exc.msg} at line {exc.lineno})") from None
+    return read_json_object(Path(checkpoint) / STATE_FILE)
 
 
 def load_optimizer_file(checkpoint: Path) -> Optional[Dict[str, np.ndarray]]:
