@@ -166,7 +166,7 @@ class AutoTokenizer:
         path = Path(name_or_path).expanduser()
         if path.is_file():  # a tokenizer.model file
             return ChatGLM3Tokenizer(path, **kwargs)
-        options = HubOptions(**{k: kwargs[k] for k in ("revision", "cache_dir", "local_files_only", "token") if k in kwargs})
+        options = HubOptions.pop_from(dict(kwargs))  # a copy: the tokenizer class reads them as well
         tokenizer_config = resolve_file(name_or_path, TOKENIZER_CONFIG_FILE, options, required=False)
         class_name = read_json_object(tokenizer_config, ConfigError).get("tokenizer_class") if tokenizer_config else None
         if class_name and class_name not in _CLASS_NAMES:
@@ -209,8 +209,8 @@ class _AutoModel:
     def from_pretrained(cls, name_or_path, *args: Any, **kwargs: Any):
         if _is_yaml(name_or_path):
             return cls.from_config(AutoConfig.from_pretrained(name_or_path), **kwargs)
-        options = {k: kwargs[k] for k in ("revision", "cache_dir", "local_files_only", "token") if k in kwargs}
-        config = kwargs.pop("config", None) or AutoConfig.from_pretrained(name_or_path, **options)
+        options = HubOptions.pop_from(dict(kwargs))  # a copy: the model class reads them as well
+        config = kwargs.pop("config", None) or AutoConfig.from_pretrained(name_or_path, **vars(options))
         return cls._model_cls(config).from_pretrained(name_or_path, *args, config=config, **kwargs)
 
 

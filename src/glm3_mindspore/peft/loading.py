@@ -3,6 +3,7 @@ saved LoRA adapter or P-Tuning v2 prefix in one call (:func:`load_pretrained_wit
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, Mapping, Optional, Type, Union
 
@@ -44,8 +45,8 @@ def load_pretrained_with_adapter(
     """
     if model_class is None:
         from ..modeling import ChatGLM3ForConditionalGeneration as model_class
-    options = HubOptions(revision=adapter_revision, cache_dir=kwargs.get("cache_dir"),
-                         local_files_only=kwargs.get("local_files_only", False), token=kwargs.get("token"))
+    # the base's hub options (a copy: from_pretrained takes them too), with the adapter's own revision
+    options = dataclasses.replace(HubOptions.pop_from(dict(kwargs)), revision=adapter_revision)
     if resolve_file(adapter, ADAPTER_CONFIG_NAME, options, required=False) is not None:
         model = model_class.from_pretrained(base, **kwargs)
         load_adapter(model, adapter, is_trainable=is_trainable, options=options)
