@@ -24,6 +24,7 @@ from typing import BinaryIO, Dict, Iterable, Iterator, List, Optional, Tuple
 import numpy as np
 
 from ..fileio import atomic_path
+from ..parameter_io import numpy_bfloat16
 from ..mindformers.names import from_mindformers_name, to_mindformers_name
 from .errors import CheckpointError
 
@@ -49,9 +50,7 @@ _TYPE_NAMES = {
 def _numpy_dtype(type_name: str) -> Optional[np.dtype]:
     spec = _TYPE_NAMES.get(type_name)
     if spec == "bfloat16":
-        from mindspore.common.np_dtype import bfloat16
-
-        return np.dtype(bfloat16)
+        return numpy_bfloat16()
     return None if spec is None else np.dtype(spec)
 
 

@@ -17,15 +17,10 @@ from typing import Dict, Iterator, Mapping, Optional, Tuple
 import numpy as np
 
 from ..fileio import atomic_path
+from ..parameter_io import numpy_bfloat16
 from .errors import CheckpointError
 
 _HEADER_LIMIT = 100 * 1024 * 1024
-
-
-def _bfloat16():
-    from mindspore.common.np_dtype import bfloat16
-
-    return bfloat16
 
 
 _NUMPY_DTYPES = {
@@ -36,14 +31,14 @@ _NUMPY_DTYPES = {
 
 def _to_numpy_dtype(name: str, path: Path, key: str):
     if name == "BF16":
-        return _bfloat16()
+        return numpy_bfloat16()
     if name not in _NUMPY_DTYPES:
         raise CheckpointError(f"{path}: tensor {key!r} has unsupported dtype {name}")
     return _NUMPY_DTYPES[name]
 
 
 def _to_safetensors_dtype(dtype: np.dtype) -> str:
-    if dtype == _bfloat16():
+    if dtype == numpy_bfloat16():
         return "BF16"
     for name, np_type in _NUMPY_DTYPES.items():
         if dtype == np_type:

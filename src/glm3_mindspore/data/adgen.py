@@ -22,8 +22,8 @@ from __future__ import annotations
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..fileio import json_type_name
+from ..labels import IGNORE_INDEX
 from .config import DataConfig, DataError
-from .conversations import IGNORE_INDEX
 
 MODES = ("train", "eval")
 

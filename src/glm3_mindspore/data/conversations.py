@@ -30,6 +30,7 @@ import json
 from typing import Any, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from .. import conversation
+from ..labels import IGNORE_INDEX
 from ..conversation import ConversationError
 from ..fileio import json_type_name
 from .config import DataConfig, DataError
@@ -37,7 +38,6 @@ from .config import DataConfig, DataError
 CONVERSATIONS_KEY = "conversations"
 TOOLS_KEY = "tools"
 ROW_JSON_COLUMN = "row_json"  # a whole row as JSON text, see ConversationProcessor.to_columns
-IGNORE_INDEX = -100
 NO_LOSS_ROLES = frozenset({"system", "user", "observation"})
 
 

@@ -16,13 +16,12 @@ from mindspore import Tensor, nn, ops
 from ..chat import ChatMixin
 from ..configuration import ChatGLM3Config
 from ..generation import GenerationMixin
+from ..labels import IGNORE_INDEX
 from . import kernels
 from .layers import Embedding, Linear, RotaryEmbedding, make_linear
 from .prefix_encoder import PrefixEncoder
 from .pretrained import ChatGLM3PreTrainedModel
 from .transformer import GLMTransformer
-
-IGNORE_INDEX = -100
 
 KVCaches = List[Tuple[Tensor, Tensor]]
 

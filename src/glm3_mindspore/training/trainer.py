@@ -23,6 +23,7 @@ import numpy as np
 from mindspore import Tensor, nn
 
 from ..data.collator import DataCollator, LengthBucketSampler
+from ..labels import IGNORE_INDEX
 from ..parallel.context import ParallelContext, SingleProcess
 from .arguments import TrainingArguments
 from .callbacks import (CallbackList, JsonlLogger, ProgressCallback, TensorBoardLogger, TrainerCallback,
@@ -342,7 +343,7 @@ class Trainer:
         try:
             for indices in self._batches(dataset, self.args.per_device_eval_batch_size, 0, shuffle=False):
                 batch = self._collate(dataset, indices)
-                tokens = int((batch["labels"][:, 1:] != -100).sum())
+                tokens = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
                 if tokens == 0:
                     continue
                 loss = self._eval_loss(*[Tensor(batch[k].astype(np.int32)) for k in BATCH_KEYS])
