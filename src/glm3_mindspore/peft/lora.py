@@ -154,10 +154,8 @@ def lora_layers(model: nn.Cell) -> List[Tuple[str, LoraLinear]]:
 
 def _replace_child(root: nn.Cell, path: str, new: nn.Cell) -> None:
     """Put ``new`` at ``path`` without renaming any parameter (unlike attribute assignment)."""
-    *parents, name = path.split(".")
-    parent = root
-    for part in parents:
-        parent = parent._cells[part]
+    parent_path, _, name = path.rpartition(".")
+    parent = dict(root.cells_and_names())[parent_path] if parent_path else root
     parent.insert_child_to_cell(name, new)
 
 
@@ -205,8 +203,9 @@ def refuse_quantized(model: nn.Cell, what: str) -> None:
 
 
 def _base_name(model: nn.Cell) -> Optional[str]:
+    """The base model's hub name as its ``config.json`` records it (Hugging Face's ``_name_or_path`` key)."""
     config = getattr(model, "config", None)
-    name = getattr(config, "_name_or_path", None) if config is not None else None
+    name = config.to_dict().get("_name_or_path") if config is not None else None
     return name if isinstance(name, str) else None
 
 
