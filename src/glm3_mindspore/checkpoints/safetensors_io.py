@@ -1,9 +1,19 @@
-"""Reading and writing the safetensors format without a deep-learning framework.
+"""Reading and writing the safetensors format, here rather than through the ``safetensors`` package, for two reasons.
 
-The format is an 8-byte little-endian header length, a JSON header mapping names
-to ``{dtype, shape, data_offsets}``, then the raw bytes. Reading memory-maps the
-file, so a tensor costs memory only while it is being copied into the model;
-bfloat16 comes back as MindSpore's numpy ``bfloat16`` dtype.
+* Memory: reading memory-maps the file and gives each tensor as a read-only
+  view of the map, so a tensor costs memory only while it is copied into the
+  model, and :func:`~glm3_mindspore.checkpoints.mapped.release_pages` drops
+  its pages afterwards; loading the 6B model never holds its weights twice.
+  ``safetensors.numpy`` (``load_file``, ``safe_open(...).get_tensor``) copies
+  every tensor out of the file instead.
+* bfloat16: tensors come back, and are written from, MindSpore's numpy
+  ``bfloat16`` dtype (numpy has none); the ``safetensors`` package's numpy API
+  has no bfloat16 of its own.
+
+The format is an 8-byte little-endian header length, a JSON header mapping
+names to ``{dtype, shape, data_offsets}``, then the raw bytes; files written
+here load in ``safetensors`` and upstream's PyTorch code, and theirs load here
+(``tests/test_checkpoints.py``).
 """
 
 from __future__ import annotations
