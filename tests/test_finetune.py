@@ -1,4 +1,4 @@
-"""Run configs: the seed's YAML keys map onto the trainer; glm3 finetune/evaluate run the tiny configs end to end."""
+"""Run configs: MindFormers' YAML keys map onto the trainer; glm3 finetune/evaluate run the tiny configs end to end."""
 
 import json
 import os

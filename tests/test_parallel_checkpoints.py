@@ -76,7 +76,7 @@ def test_strategy_files_are_mindspores_protobuf(weights, tiny_config, tmp_path):
 def test_two_way_model_parallel_merge_is_the_unsplit_model_and_its_logits(weights, tiny_config, tmp_path, expected,
                                                                           engine, capsys):
     split(weights, tiny_config, tmp_path, 1, 2, 1)
-    # the seed's transform_ckpt.py flags
+    # the flags of MindFormers' transform_ckpt.py
     assert main(["ckpt", "merge", "--src_ckpt_strategy", str(tmp_path / "strategy"), "--src_ckpt_dir",
                  str(tmp_path / "checkpoint"), "--dst_ckpt_dir", str(tmp_path / "merged"), "--prefix", "glm3_tiny",
                  "--engine", engine]) == 0

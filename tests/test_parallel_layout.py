@@ -55,7 +55,7 @@ def test_6b_strategies_for_the_issue_layouts(dp, mp, pp):
     assert p[DENSE.format(0) + ".weight"].kind == ROW and p[DENSE.format(0) + ".weight"].slice_shape == (4096, 4096 // mp)
     assert p[FOURHH.format(27) + ".weight"].tensor_map == (-1, 0)
     assert p[FOURHH.format(27) + ".weight"].slice_shape == (4096, 13696 // mp)
-    # vocab_emb_dp (the seed's default): embedding and output layer replicated
+    # vocab_emb_dp (the default of MindFormers' glm3 configs): embedding and output layer replicated
     assert p[EMB].kind == REPLICATED and p[EMB].slice_shape == (65024, 4096)
     assert p["transformer.encoder.layers.5.input_layernorm.weight"].kind == REPLICATED
     # pipeline: 28 / pp layers per stage, embedding first, output layer last
@@ -157,7 +157,7 @@ def test_valid_shapes_for_8_devices():
                                              (2, 4, 1), (1, 4, 2), (1, 8, 1)}
 
 
-def test_seed_yaml_layouts_read_and_size():
+def test_mindformers_glm3_yaml_layouts_read_and_size():
     settings = read_run_parallel_settings(CONFIGS / "run_glm3_6b_finetune_2k.yaml")
     assert settings.parallel.shape == (2, 2, 2) and settings.parallel.micro_batch_num == 4
     assert settings.parallel.optimizer_shard and settings.parallel.recompute

@@ -19,7 +19,7 @@ class DataConfig:
     ADGEN (``content`` -> ``summary``) uses ``format``, ``max_source_length`` and
     ``max_target_length``: a training row is at most
     ``max_source_length + max_target_length + 1`` tokens (the ``+ 1`` is eos),
-    MindFormers' ``seq_length`` rule. The seed configs use 64 / 127 for training
+    MindFormers' ``seq_length`` rule. MindFormers' glm3 configs use 64 / 127 for training
     and 256 / 256 for evaluation. Multi-turn conversations use ``max_seq_length``
     (``None``: no truncation). ``ignore_pad_token_for_loss`` turns label ids equal
     to the pad id (0, ``<unk>``) into -100, as upstream's ADGEN code does.

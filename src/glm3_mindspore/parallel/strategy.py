@@ -6,7 +6,7 @@ model: the ``MatMul`` of every :class:`~glm3_mindspore.modeling.layers.Linear`
 (inputs reshaped to ``[tokens, in]``, weights ``[out, in]`` with
 ``transpose_b``) and the embedding ``Gather``. The remaining operators get their
 strategies by MindSpore's sharding propagation (``search_mode:
-sharding_propagation`` in the seed YAMLs).
+sharding_propagation`` in MindFormers' glm3 YAMLs).
 
 * column-parallel ``((dp, 1), (mp, 1))`` - output features split, no communication;
 * row-parallel ``((dp, mp), (1, mp))`` - the partial sums are all-reduced by the

@@ -1,7 +1,7 @@
 """``Trainer``: the training loop, evaluation, checkpoints and resume.
 
 Rows (a ``datasets.Dataset`` or any sequence of dicts with ``input_ids`` and
-``labels``) are shuffled per epoch from the seed, padded by the collator
+``labels``) are shuffled per epoch from ``args.seed``, padded by the collator
 (lengths rounded to 32 when compiling, so only a few graph shapes exist),
 and fed to :class:`TrainStep`. Under data parallelism each process takes its
 slice of every global batch and gradients are averaged across processes; only
@@ -149,7 +149,7 @@ class Trainer:
 
     # ------------------------------------------------------------------- data
     def _batches(self, dataset, batch_size: int, epoch: int, shuffle: bool) -> List[List[int]]:
-        """Global batches of row indices for ``epoch``; deterministic from the seed."""
+        """Global batches of row indices for ``epoch``; deterministic from ``args.seed``."""
         n = len(dataset)
         if self.args.group_by_length and shuffle:
             lengths = [len(row["input_ids"]) for row in dataset]
