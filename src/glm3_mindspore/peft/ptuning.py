@@ -140,7 +140,7 @@ def load_prefix(model: nn.Cell, source: Union[str, os.PathLike], options: HubOpt
     where = str(files[0]) if len(files) == 1 else f"{source} ({len(files)} files)"
     loaded = load_exact(params, iter_tensors(files), where, "P-Tuning v2 prefix",
                         ignore=lambda key: not key.startswith(PREFIX_KEY))
-    # Decoding engines copy the prefix into their KV buffers with Parameter.set_data, which a graph
-    # compiled earlier does not see: start from fresh engines so the new prefix is used.
+    # A KV cache kept from before (the model's decoding engines, a caller's past_key_values) holds the old
+    # prefix's keys and values: drop the model's engines so the next generate computes the new ones.
     drop_generation_cache(model)
     return loaded

@@ -2,7 +2,8 @@
 
 A checkpoint is a folder ``checkpoint-<step>`` holding the model (or adapter)
 files, ``optimizer.safetensors`` and ``trainer_state.json`` (step, data
-position, loss scale, random state, log history). It is assembled in a hidden
+position, loss scale, training arguments, log history; no random state: the
+data order follows from ``args.seed`` and the epoch). It is assembled in a hidden
 ``.checkpoint-<step>.partial-*`` folder and renamed into place only when
 complete, so a crash or kill during a save leaves the previous checkpoints as
 they were; partial folders are ignored and removed on the next save.
