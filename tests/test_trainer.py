@@ -217,7 +217,7 @@ def test_evaluate_is_the_token_weighted_loss(tmp_path, expected_train):
     assert trainer.evaluate()["eval_loss"] == pytest.approx(expected_train["losses"][0], abs=1e-4)
 
 
-def test_bad_arguments_are_named():
+def test_bad_training_arguments_are_named_and_overrides_parse():
     with pytest.raises(ArgumentError, match="'lr_scheduler_type'"):
         TrainingArguments(lr_scheduler_type="exponential")
     with pytest.raises(ArgumentError, match="unknown training argument.*learning_rat"):
