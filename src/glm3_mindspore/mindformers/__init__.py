@@ -20,39 +20,6 @@ vocabulary lives here and turns it into this package's objects:
   and hub folders (``glm3 ckpt import-mindformers`` / ``export-mindformers``).
 
 :mod:`.names` and :mod:`.documents` sit below everything else; the readers sit
-above the trainer, the parallel layouts and the checkpoint formats they fill.
-Sub-modules are imported on first use.
+above the trainer, the parallel layouts and the checkpoint formats they fill,
+so this package imports none of its sub-modules: import the one you need.
 """
-
-from __future__ import annotations
-
-import importlib
-from typing import Any
-
-_LAZY = {
-    "YamlDocument": "documents",
-    "apply_overrides": "documents",
-    "model_config_from_yaml": "model_config",
-    "model_from_yaml_config": "model_config",
-    "tokenizer_from_yaml": "model_config",
-    "load_finetune_config": "finetune_config",
-    "read_run_parallel_settings": "parallel_config",
-    "layout_from_run_config": "parallel_config",
-    "import_mindformers_checkpoint": "lora",
-    "export_mindformers_checkpoint": "lora",
-}
-
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
