@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -61,23 +61,28 @@ def _shards_from_index(index_file: Path) -> List[str]:
     return shards
 
 
-def _reader(path: Path) -> Callable[[Path], Iterator[Tuple[str, np.ndarray]]]:
+def _read(path: Path, skipped: Optional[List[str]]) -> Iterator[Tuple[str, np.ndarray]]:
     suffix = path.suffix
     if suffix == ".safetensors":
-        return iter_safetensors
+        return iter_safetensors(path)
     if suffix in (".bin", ".pt", ".pth"):
         from .torch_pickle import iter_torch_file
 
-        return iter_torch_file
+        return iter_torch_file(path)
     if suffix == ".ckpt":
         from .mindspore_ckpt import iter_ckpt
 
-        return iter_ckpt
+        return iter_ckpt(path, skipped)
     raise CheckpointError(f"{path}: unknown weight file type {suffix!r} (expected .safetensors, .bin or .ckpt)")
 
 
-def iter_tensors(files: Iterable[Path], progress: bool = False) -> Iterator[Tuple[str, np.ndarray]]:
-    """``(name, array)`` from each file in turn; only one shard is open at a time."""
+def iter_tensors(files: Iterable[Path], progress: bool = False,
+                 skipped: Optional[List[str]] = None) -> Iterator[Tuple[str, np.ndarray]]:
+    """``(name, array)`` from each file in turn; only one shard is open at a time.
+
+    ``skipped`` collects the non-model entries (optimizer state, bookkeeping) of
+    MindSpore training checkpoints, which are left out.
+    """
     files = [Path(f) for f in files]
     bar = None
     if progress and len(files) > 1 or progress and files and files[0].stat().st_size > 1 << 30:
@@ -87,7 +92,7 @@ def iter_tensors(files: Iterable[Path], progress: bool = False) -> Iterator[Tupl
     try:
         for file in files:
             done = 0
-            for name, array in _reader(file)(file):
+            for name, array in _read(file, skipped):
                 yield name, array
                 if bar is not None:  # tensor by tensor, so one large file still shows progress
                     bar.update(array.nbytes)

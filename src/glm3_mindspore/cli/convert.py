@@ -17,13 +17,10 @@ model itself is never built. A failed conversion leaves no new output behind.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
-from typing import Iterator, List, Optional, Tuple
+from typing import List, Optional
 
-import numpy as np
-
-from ..quantization import DEFAULT_GROUP_SIZE, QuantizationConfig, QuantizationError, quantize_tensors
+from ..quantization import DEFAULT_GROUP_SIZE, QuantizationConfig, QuantizationError
 from . import CliError
 from .common import check_output_file, check_output_folder
 
@@ -56,29 +53,28 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from ..checkpoints import resolve_weight_files
+    from ..checkpoints.convert import convert_weights
+
     dst: Path = args.dst.expanduser()
     if args.to == "ckpt":
         check_output_file(dst, ".ckpt", args.overwrite)
     else:
         check_output_folder(dst, args.overwrite)
     quantization = _quantization(args)
-    files = _weight_files(args.src)
+    files = resolve_weight_files(args.src)
     _check_against_config(files, args.config or args.src)
-    skipped: List[str] = []
-    tensors = _cast(_read(files, skipped, progress=not args.no_progress), _DTYPE_NAMES.get(args.dtype or ""))
-    if quantization is not None:
-        tensors = quantize_tensors(tensors, quantization)
-    created = not dst.exists()
-    try:
-        written, total = _write(tensors, dst, args, quantization)
-    except BaseException:
-        if created and args.to == "safetensors":  # a failed convert leaves no folder behind
-            shutil.rmtree(dst, ignore_errors=True)
-        raise
+    converted = convert_weights(files, dst, args.to, dtype=_DTYPE_NAMES.get(args.dtype or ""),
+                                quantization=quantization, names=args.names, max_shard_size=args.max_shard_size,
+                                companions_from=args.config or args.src, progress=not args.no_progress)
+    for note in converted.notes:
+        print(f"note: {note}")
+    skipped = converted.skipped
     if skipped:
         print(f"skipped {len(skipped)} non-model entries (optimizer state / bookkeeping): "
               f"{', '.join(skipped[:6])}{' ...' if len(skipped) > 6 else ''}")
-    print(f"wrote {total / 1e9:.2f} GB to {', '.join(str(p) for p in written[:3])}"
+    written = converted.files
+    print(f"wrote {converted.tensor_bytes / 1e9:.2f} GB to {', '.join(str(p) for p in written[:3])}"
           f"{' ...' if len(written) > 3 else ''}")
     return 0
 
@@ -95,26 +91,10 @@ def _quantization(args) -> Optional[QuantizationConfig]:
         raise CliError(f"--group-size: {exc}") from None
 
 
-def _write(tensors: Iterator[Tuple[str, np.ndarray]], dst: Path, args,
-           quantization: Optional[QuantizationConfig]) -> Tuple[List[Path], int]:
-    """Write the output; returns the files written and the tensor bytes."""
-    from ..checkpoints import write_weights
-    from ..checkpoints.hub_layout import copy_companion_files
-    from ..checkpoints.mindspore_ckpt import save_ckpt
-
-    if args.to == "ckpt":
-        return [dst], save_ckpt(dst, tensors, names=args.names)
-    dst.mkdir(parents=True, exist_ok=True)
-    written = write_weights(dst, tensors, max_shard_size=args.max_shard_size)
-    for note in copy_companion_files(args.config or args.src, dst, _DTYPE_NAMES.get(args.dtype or ""), quantization):
-        print(f"note: {note}")
-    return written, sum(p.stat().st_size for p in written if p.suffix == ".safetensors")
-
-
 def _check_against_config(files: List[Path], config_source: str) -> None:
     """The tensors' names and shapes must be those of the model the config describes, as in ``from_pretrained``.
 
-    Only the headers are read, and only a one-layer skeleton of the model is built.
+    Only the headers are read, and the model is not built (a lazy skeleton gives the expected shapes).
     """
     from ..checkpoints import tensor_shapes
     from ..configuration import ChatGLM3Config
@@ -127,44 +107,3 @@ def _check_against_config(files: List[Path], config_source: str) -> None:
     except WeightLoadingError as exc:
         raise CliError(f"the weights of {config_source} do not fit its config (pass --config FOLDER_OR_REPO "
                        f"if it belongs to another model): {exc}") from None
-
-
-def _weight_files(src: str) -> List[Path]:
-    from ..checkpoints import resolve_weight_files
-
-    return resolve_weight_files(src)
-
-
-def _read(files: List[Path], skipped: List[str], progress: bool) -> Iterator[Tuple[str, np.ndarray]]:
-    """Tensors of all files in turn; ``.ckpt`` training state is skipped into ``skipped``."""
-    from ..checkpoints import iter_tensors
-    from ..checkpoints.mindspore_ckpt import iter_ckpt
-
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=sum(f.stat().st_size for f in files), unit="B", unit_scale=True, desc="converting")
-    try:
-        for file in files:
-            source = iter_ckpt(file, skipped) if file.suffix == ".ckpt" else iter_tensors([file])
-            for name, array in source:
-                yield name, array
-                if bar is not None:
-                    bar.update(array.nbytes)
-    finally:
-        if bar is not None:
-            bar.close()
-
-
-def _cast(tensors: Iterator[Tuple[str, np.ndarray]], dtype_name: Optional[str]) -> Iterator[Tuple[str, np.ndarray]]:
-    if dtype_name is None:
-        yield from tensors
-        return
-    from ..modeling.pretrained import resolve_dtype
-    from ..parameter_io import numpy_dtype
-
-    target = np.dtype(numpy_dtype(resolve_dtype(dtype_name)))
-    for name, array in tensors:
-        floating = array.dtype.kind == "f" or array.dtype.name == "bfloat16"  # ints and bools stay as they are
-        yield name, array.astype(target) if floating and array.dtype != target else array
