@@ -90,3 +90,5 @@ def _tool_call_turns(content: str, calls: Sequence[Mapping[str, Any]], where: st
         return turns + [tool_call_entry(call, f"{where}.tool_calls[{j}]") for j, call in enumerate(calls)]
     except ValueError as exc:
         raise PromptError(str(exc), f"{where}.tool_calls") from None
+    except RecursionError:  # arguments nested deeper than JSON or ast can read
+        raise PromptError("tool call arguments are nested too deeply", f"{where}.tool_calls") from None
