@@ -113,6 +113,8 @@ class ReplyReader:
         text, self.stopped = cut_at_stop(text, self.stops, final)
         final = final or self.stopped
         self.done = final
+        if not final:  # the separator is one token, but a text fed by characters may end inside it
+            text = text[:len(text) - held_tail(text, [TURN_SEPARATOR])]
         events: List[ReplyEvent] = []
         segments = text.split(TURN_SEPARATOR)
         for number, segment in enumerate(segments):
