@@ -140,11 +140,14 @@ def test_text_before_tool_calls_is_its_own_turn_then_one_turn_per_call():
 @pytest.mark.parametrize("messages, param", [
     ([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "messages"),
     ([{"role": "user", "content": "q"}, {"role": "assistant", "content": None, "tool_calls": [
-        {"function": {"name": "f", "arguments": "{not json"}}]}, {"role": "tool", "content": "r"}],
-     "messages[1].tool_calls"),
+        {"function": {"name": "f", "arguments": "{}"}}, {"function": {"name": "f", "arguments": "{not json"}}]},
+      {"role": "tool", "content": "r"}], "messages[1].tool_calls[1]"),
     ([{"role": "user", "content": "q"}, {"role": "assistant", "content": None, "tool_calls": [
         {"function": {"name": "f", "arguments": '{"x": ' + "[" * 100_000 + "]" * 100_000 + "}"}}]},
-      {"role": "tool", "content": "r"}], "messages[1].tool_calls"),
+      {"role": "tool", "content": "r"}], "messages[1].tool_calls[0]"),
+    ([{"role": "user", "content": "q"}, {"role": "assistant", "content": None, "function_call":
+        {"name": "f", "arguments": "[" * 100_000 + "]" * 100_000}}, {"role": "function", "content": "r"}],
+     "messages[1].function_call"),
 ])
 def test_messages_that_make_no_prompt_are_refused_naming_the_field(tokenizer, messages, param):
     with pytest.raises(PromptError) as error:

@@ -17,7 +17,7 @@ the roles and fields the OpenAI API has grown since:
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..conversation import tools_system_message
 from ..tokenization import tool_call_entry
@@ -64,21 +64,23 @@ def prompt_ids(tokenizer, messages: Sequence[Mapping[str, Any]], tools: Optional
     return [int(i) for i in inputs["input_ids"][0]]
 
 
-def _calls_of(message: Mapping[str, Any]) -> List[Mapping[str, Any]]:
-    """The message's tool calls, the legacy ``function_call`` as one."""
+def _calls_of(message: Mapping[str, Any]) -> List[Tuple[str, Mapping[str, Any]]]:
+    """The message's tool calls, each with the field it came from (the legacy ``function_call`` as one)."""
     if message.get("tool_calls"):
-        return list(message["tool_calls"])
-    return [message["function_call"]] if message.get("function_call") else []
+        return [(f"tool_calls[{j}]", call) for j, call in enumerate(message["tool_calls"])]
+    return [("function_call", message["function_call"])] if message.get("function_call") else []
 
 
-def _tool_call_turns(content: str, calls: Sequence[Mapping[str, Any]], where: str) -> List[Dict[str, Any]]:
+def _tool_call_turns(content: str, calls: Sequence[Tuple[str, Mapping[str, Any]]],
+                     where: str) -> List[Dict[str, Any]]:
     """The assistant turns of a message that called tools.
 
     Upstream's demo returned the raw reply (``name\\n```python ...``) as content
     and reads it back by splitting on ``<|assistant|>``; a message in that form
     is read the same way. Otherwise any text comes first, then one turn per call.
     """
-    first_name = (calls[0].get("function") or calls[0]).get("name")
+    first = calls[0][1]
+    first_name = (first.get("function") or first).get("name")
     if content and content.split("\n", 1)[0].strip() == first_name:
         turns = []
         for segment in content.split("<|assistant|>"):
@@ -86,9 +88,13 @@ def _tool_call_turns(content: str, calls: Sequence[Mapping[str, Any]], where: st
             turns.append({"role": "assistant", "metadata": metadata, "content": text.strip()})
         return turns
     turns = [{"role": "assistant", "content": content}] if content else []
+    return turns + [_tool_call_turn(call, f"{where}.{field}") for field, call in calls]
+
+
+def _tool_call_turn(call: Mapping[str, Any], where: str) -> Dict[str, Any]:
     try:
-        return turns + [tool_call_entry(call, f"{where}.tool_calls[{j}]") for j, call in enumerate(calls)]
+        return tool_call_entry(call, where)
     except ValueError as exc:
-        raise PromptError(str(exc), f"{where}.tool_calls") from None
+        raise PromptError(str(exc), where) from None
     except RecursionError:  # arguments nested deeper than JSON or ast can read
-        raise PromptError("tool call arguments are nested too deeply", f"{where}.tool_calls") from None
+        raise PromptError(f"{where}: the arguments are nested too deeply", where) from None
