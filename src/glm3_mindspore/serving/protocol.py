@@ -2,7 +2,9 @@
 
 Unknown fields are ignored (clients send fields of newer API versions);
 known fields of the wrong type or out of range are errors that name the
-field. Tools and functions are kept as the client sent them: the prompt
+field. Types are strict, as OpenAI's API checks them: ``"stream": "yes"`` or
+``"temperature": "0.5"`` is an error, not a guess (an integer is still a
+number). Tools and functions are kept as the client sent them: the prompt
 embeds them unchanged.
 """
 
@@ -17,7 +19,7 @@ MAX_STOP_STRINGS = 4  # OpenAI's limit
 
 
 class Request(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class FunctionCall(Request):
