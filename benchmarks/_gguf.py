@@ -22,6 +22,12 @@ takes the ChatGLM3 tokenizer path only when ``_name_or_path`` names
 ``THUDM/chatglm3-6b`` (this script always does: it converts ChatGLM3), and it
 takes ``head_count_kv`` from ``multi_query_group_num`` even when
 ``multi_query_attention`` is off (here: ``num_attention_heads`` then).
+Checked: with upstream's ``set_vocab`` swapped for ours (THUDM's tokenizer
+code is not at hand), upstream's converter writes byte-identical files for the
+tiny test checkpoint (f32, f16; also bf16 in two shards) and for the 6B shape
+(2 layers, and all 28: 12.5 GB); our vocabulary equals the package's
+tokenizer's pieces for all 65,024 ids. ``tokenizer.model`` defaults to the
+package's copy when the folder has none (the benchmarks' random checkpoints).
 
 Run with the llama.cpp environment (never imports MindSpore or glm3_mindspore)::
 

@@ -115,7 +115,7 @@ def ours_worker(args) -> None:
             "prefill_tok_s": batch * args.prompt_len / best_prefill, "decode_ms_per_token": 1e3 * best_decode,
             "prefill_s": [r["prefill_s"] for r in runs], "decode_s_per_token": [r["decode_s_per_token"] for r in runs],
             "step_bytes": decode_step_bytes(model, args.prompt_len + args.new_tokens // 2, batch),
-            "tokens_row0": runs[0]["tokens"]}
+            "tokens_row0": runs[0]["tokens"], "peak_rss_gb": _status("VmHWM:") / GB}  # so far: batches run in order
         model.clear_generation_cache()
     report["peak_rss_gb"] = _status("VmHWM:") / GB
     Path(args.out).write_text(json.dumps(report, indent=1))
@@ -231,15 +231,16 @@ def table(report: dict) -> str:
     lines = [f"streaming-read bandwidth {bw:.1f} GB/s ({report['bandwidth']['threads']} threads); "
              f"memory bound = bytes read per decode step / bandwidth",
              "| side | weights | load s | peak RSS GB | prefill tok/s (128) | decode ms/token b1 | bound b1 | "
-             "b1 / bound | decode ms/token b4 |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "b1 / bound | decode ms/token b4 | other load, cores |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, row in report["rows"].items():
         b1, b4 = row["batches"].get("1", {}), row["batches"].get("4", {})
         bound = 1e3 * row["step_bytes_b1"] / (bw * GB) if row.get("step_bytes_b1") else float("nan")
         decode1 = b1.get("decode_ms_per_token", float("nan"))
         lines.append(f"| {name} | {row.get('weights_gb', float('nan')):.2f} GB | {row['load_s']:.1f} | "
                      f"{row['peak_rss_gb']:.2f} | {b1.get('prefill_tok_s', float('nan')):.1f} | {decode1:.0f} | "
-                     f"{bound:.0f} | {decode1 / bound:.2f}x | {b4.get('decode_ms_per_token', float('nan')):.0f} |")
+                     f"{bound:.0f} | {decode1 / bound:.2f}x | {b4.get('decode_ms_per_token', float('nan')):.0f} | "
+                     f"{row.get('other_cores', float('nan')):.2f} |")
     for name, chat in report.get("chat", {}).items():
         lines.append(f"chat {name}: {chat['prompt_tokens']}-token prompt, first token after "
                      f"{chat['time_to_first_token_s']:.1f} s, then {chat['tokens_per_s_after_first']:.2f} tokens/s")

@@ -1,4 +1,4 @@
-"""The seed's ``infer.py`` (MindFormers ChatGLM3 model card), running on glm3-mindspore.
+"""``infer.py`` of MindFormers' glm3 model card, running on glm3-mindspore.
 
 Only the import line differs from the model card. Paths come from the
 environment so the same script runs the real model or the tiny test model:

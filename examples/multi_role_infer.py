@@ -1,4 +1,4 @@
-"""The seed's multi-role inference example (a tour guide over four turns), on glm3-mindspore.
+"""The multi-role inference example of MindFormers' glm3 model card (a tour guide over four turns), on glm3-mindspore.
 
 Only the import line differs from the model card: ``process_response`` is this
 package's (the card's own version calls ``eval`` on model output; ours reads

@@ -421,3 +421,21 @@ def test_save_pretrained_writes_files_with_the_mode_the_umask_gives(tmp_path, ti
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert len(files) > 6
     assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == {p.name: oct(0o666 & ~umask) for p in files}
+
+
+def test_safetensors_files_round_trip_with_the_reference_package(tmp_path):
+    """Our writer's files read in the ``safetensors`` package and its files read here, tensor for tensor."""
+    reference = pytest.importorskip("safetensors.numpy")
+    rng = np.random.default_rng(0)
+    tensors = {"a.weight": rng.normal(size=(3, 5)).astype(np.float32), "b.half": rng.normal(size=(7,)).astype(np.float16),
+               "c.ids": np.arange(6, dtype=np.int64).reshape(2, 3), "d.scalar": np.array(2.5, np.float32)}
+    ours = tmp_path / "ours.safetensors"
+    save_safetensors(ours, tensors)
+    read_there = reference.load_file(str(ours))
+    theirs = tmp_path / "theirs.safetensors"
+    reference.save_file(tensors, str(theirs))
+    read_here = load_safetensors(theirs)
+    for name, array in tensors.items():
+        for copy in (read_there[name], read_here[name]):
+            assert copy.dtype == array.dtype and copy.shape == array.shape, name
+            np.testing.assert_array_equal(copy, array, err_msg=name)

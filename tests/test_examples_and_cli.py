@@ -1,4 +1,4 @@
-"""The seed's inference examples and the glm3 generate/chat commands run end to end on the tiny model."""
+"""The inference examples of MindFormers' glm3 model card and the glm3 generate/chat commands run end to end on the tiny model."""
 
 import io
 import os

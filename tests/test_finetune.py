@@ -1,4 +1,4 @@
-"""Run configs: the seed's YAML keys map onto the trainer; glm3 finetune/evaluate run the tiny configs end to end."""
+"""Run configs: MindFormers' YAML keys map onto the trainer; glm3 finetune/evaluate run the tiny configs end to end."""
 
 import json
 import os
@@ -15,7 +15,7 @@ import pytest
 
 from glm3_mindspore.cli import main
 from glm3_mindspore.configuration import ConfigError
-from glm3_mindspore.training.finetune_config import load_finetune_config
+from glm3_mindspore.mindformers.finetune_config import load_finetune_config
 from conftest import TINY
 
 CONFIGS = TINY.parents[2] / "configs" / "glm3"

@@ -167,7 +167,7 @@ def test_prompt_too_long_error_cites_the_limits_the_caller_gave(model):
         model.generate(long_prompt, max_length=600)
 
 
-def test_bad_arguments_are_named(model, expected):
+def test_bad_generate_arguments_are_named(model, expected):
     prompt = expected["chat_input_ids"]
     with pytest.raises(GenerationConfigError, match="num_beams must be an int >= 1"):
         model.generate(prompt, num_beams=0)

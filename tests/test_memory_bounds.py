@@ -22,7 +22,7 @@ SCRIPT = textwrap.dedent("""
     import json, os, sys
     import numpy as np
     from glm3_mindspore import ChatGLM3Config, ChatGLM3ForConditionalGeneration
-    from glm3_mindspore.modeling.pretrained import _uninitialized_parameters
+    from glm3_mindspore.modeling.pretrained import uninitialized_parameters
     from glm3_mindspore.parameter_io import write_parameter
 
     def rss(field):
@@ -32,7 +32,7 @@ SCRIPT = textwrap.dedent("""
     config = ChatGLM3Config(num_layers=8, hidden_size=2048, ffn_hidden_size=5632, kv_channels=128,
                             num_attention_heads=16, multi_query_attention=True, multi_query_group_num=2,
                             add_qkv_bias=True, seq_length=2048)
-    with _uninitialized_parameters():
+    with uninitialized_parameters():
         model = ChatGLM3ForConditionalGeneration(config, dtype="bfloat16")
     pool = (np.random.default_rng(0).standard_normal(1 << 20) * 0.02).astype(np.float32)
     for _, param in model.parameters_and_names():

@@ -30,11 +30,11 @@ def test_segmentation_used_by_the_hand_computations():
 
 
 @pytest.mark.parametrize("prediction, reference, expected", PAIRS)
-def test_fixed_pairs(prediction, reference, expected):
+def test_scores_of_fixed_pairs_are_the_hand_computed_ones(prediction, reference, expected):
     assert score_pair(prediction, reference) == pytest.approx(expected, abs=1e-4)
 
 
-def test_average_over_samples():
+def test_corpus_scores_are_the_average_over_samples():
     scores = compute_adgen_metrics([p for p, _, _ in PAIRS], [r for _, r, _ in PAIRS])
     for name in ("rouge-1", "rouge-2", "rouge-l", "bleu-4"):
         assert scores[name] == pytest.approx(sum(e[name] for _, _, e in PAIRS) / 3, abs=1e-4)
@@ -56,7 +56,7 @@ def test_empty_predictions_score_zero_and_are_counted():
     assert metric.eval()["bleu-4"] == 0.0 and metric.empty_predictions == 0
 
 
-def test_bad_input():
+def test_mismatched_or_non_text_predictions_are_refused():
     with pytest.raises(ValueError, match="2 predictions for 1 references"):
         compute_adgen_metrics(["a", "b"], ["a"])
     with pytest.raises(ValueError, match="must be strings"):

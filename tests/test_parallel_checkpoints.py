@@ -14,8 +14,8 @@ from glm3_mindspore.checkpoints import iter_tensors, resolve_weight_files
 from glm3_mindspore.checkpoints.mindspore_ckpt import iter_ckpt, save_ckpt
 from glm3_mindspore.cli import main
 from glm3_mindspore.configuration import ChatGLM3Config
-from glm3_mindspore.parallel.checkpoints import (merged_tensors, rank_checkpoint_files, read_strategy,
-                                                 split_checkpoint, transform_with_mindspore, write_merged_strategy)
+from glm3_mindspore.checkpoints.distributed import (merged_tensors, rank_checkpoint_files, read_strategy,
+                                                    split_checkpoint, transform_with_mindspore, write_merged_strategy)
 from glm3_mindspore.parallel.layout import ParallelConfig, build_layout
 from conftest import TINY
 
@@ -76,7 +76,7 @@ def test_strategy_files_are_mindspores_protobuf(weights, tiny_config, tmp_path):
 def test_two_way_model_parallel_merge_is_the_unsplit_model_and_its_logits(weights, tiny_config, tmp_path, expected,
                                                                           engine, capsys):
     split(weights, tiny_config, tmp_path, 1, 2, 1)
-    # the seed's transform_ckpt.py flags
+    # the flags of MindFormers' transform_ckpt.py
     assert main(["ckpt", "merge", "--src_ckpt_strategy", str(tmp_path / "strategy"), "--src_ckpt_dir",
                  str(tmp_path / "checkpoint"), "--dst_ckpt_dir", str(tmp_path / "merged"), "--prefix", "glm3_tiny",
                  "--engine", engine]) == 0

@@ -9,7 +9,7 @@ import pytest
 from glm3_mindspore.cli import main
 from glm3_mindspore.configuration import ChatGLM3Config
 from glm3_mindspore.parallel import ParallelDeviceError, parallel_from_environment
-from glm3_mindspore.parallel.config import read_run_parallel_settings
+from glm3_mindspore.mindformers.parallel_config import read_run_parallel_settings
 from glm3_mindspore.parallel.layout import (COLUMN, REPLICATED, ROW, VOCAB, LayoutError, ParallelConfig, build_layout,
                                             layout_problems, model_parameters, valid_shapes)
 from glm3_mindspore.parallel.memory import MemorySettings, estimate_memory
@@ -55,7 +55,7 @@ def test_6b_strategies_for_the_issue_layouts(dp, mp, pp):
     assert p[DENSE.format(0) + ".weight"].kind == ROW and p[DENSE.format(0) + ".weight"].slice_shape == (4096, 4096 // mp)
     assert p[FOURHH.format(27) + ".weight"].tensor_map == (-1, 0)
     assert p[FOURHH.format(27) + ".weight"].slice_shape == (4096, 13696 // mp)
-    # vocab_emb_dp (the seed's default): embedding and output layer replicated
+    # vocab_emb_dp (the default of MindFormers' glm3 configs): embedding and output layer replicated
     assert p[EMB].kind == REPLICATED and p[EMB].slice_shape == (65024, 4096)
     assert p["transformer.encoder.layers.5.input_layernorm.weight"].kind == REPLICATED
     # pipeline: 28 / pp layers per stage, embedding first, output layer last
@@ -157,7 +157,7 @@ def test_valid_shapes_for_8_devices():
                                              (2, 4, 1), (1, 4, 2), (1, 8, 1)}
 
 
-def test_seed_yaml_layouts_read_and_size():
+def test_mindformers_glm3_yaml_layouts_read_and_size():
     settings = read_run_parallel_settings(CONFIGS / "run_glm3_6b_finetune_2k.yaml")
     assert settings.parallel.shape == (2, 2, 2) and settings.parallel.micro_batch_num == 4
     assert settings.parallel.optimizer_shard and settings.parallel.recompute
@@ -186,12 +186,18 @@ def test_memory_model_responds_to_recompute_flash_and_optimizer_shard():
     assert full.optimizer == pytest.approx(6_243_584_000 * 8) and full.gradients == pytest.approx(6_243_584_000 * 4)
 
 
-def test_tiny_layout_names_and_shapes_are_the_models(tiny_dir):
+@pytest.mark.parametrize("method", ["full", "lora", "ptuning"])
+def test_tiny_layout_names_shapes_and_trainability_are_the_models(tiny_dir, method):
     from glm3_mindspore.modeling import ChatGLM3ForConditionalGeneration
+    from glm3_mindspore.peft import LoraConfig, apply_tuning_method
 
-    model = ChatGLM3ForConditionalGeneration.from_pretrained(tiny_dir, ms_dtype=ms.float32)
-    layout = build_layout(model.config, ParallelConfig(1, 2, 1))
-    assert [(n, tuple(p.shape)) for n, p in model.parameters_and_names()] == [(n, p.shape) for n, p in layout.params.items()]
+    peft = LoraConfig(r=2, target_modules=["query_key_value", "dense_4h_to_h"]) if method == "lora" else None
+    changes = {"pre_seq_len": 4, "prefix_projection": True} if method == "ptuning" else {}
+    model = ChatGLM3ForConditionalGeneration.from_pretrained(tiny_dir, ms_dtype=ms.float32, **changes)
+    model = apply_tuning_method(model, peft)
+    layout = build_layout(model.config, ParallelConfig(1, 2, 1), peft=peft)
+    assert [(n, tuple(p.shape), p.requires_grad) for n, p in model.parameters_and_names()] == [
+        (n, p.shape, p.trainable) for n, p in layout.params.items()]
 
 
 def test_strategies_land_on_the_models_primitives_and_stages(tiny_dir):

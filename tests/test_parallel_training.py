@@ -18,14 +18,13 @@ import pytest
 from glm3_mindspore.cli import main
 from glm3_mindspore.configuration import ChatGLM3Config
 from glm3_mindspore.modeling import ChatGLM3ForConditionalGeneration
-from glm3_mindspore.parallel import ParallelDeviceError, SemiAutoParallel, parallel_from_environment
-from glm3_mindspore.parallel.checkpoints import write_strategy_files
+from glm3_mindspore.parallel import ParallelDeviceError, SemiAutoParallel, SingleProcess, parallel_from_environment
+from glm3_mindspore.checkpoints.distributed import write_strategy_files
+from glm3_mindspore.parallel.fused_step import FusedTrainDriver, FusedTrainStep
 from glm3_mindspore.parallel.layout import LayoutError, ParallelConfig, build_layout
 from glm3_mindspore.parallel.semi_auto import data_coordinates
 from glm3_mindspore.parallel.strategy import apply_shard_strategies, causal_lm_loss_cell
 from glm3_mindspore.training import Trainer, checkpoint_dirs
-from glm3_mindspore.training.trainer import SingleProcess
-from glm3_mindspore.training.train_step import FusedTrainDriver, FusedTrainStep
 from conftest import TINY
 from test_trainer import fixture_rows, losses, upstream_args
 

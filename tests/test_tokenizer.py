@@ -114,7 +114,7 @@ def test_decode_renders_role_tokens_and_drops_eos(tokenizer):
     assert tokenizer.batch_decode(np.array([[36474, 54591], [13755, 993]])) == ["你好", "Hello world"]
 
 
-def test_vocab_views(tokenizer):
+def test_vocab_size_length_and_special_ids(tokenizer):
     vocab = tokenizer.get_vocab()
     assert len(vocab) == tokenizer.vocab_size and vocab["<|observation|>"] == 64797 and vocab["▁你"] == 36474
     assert len(tokenizer) == 64798
@@ -130,7 +130,7 @@ def test_save_and_load_pretrained(tokenizer, tmp_path):
     assert from_hub_layout.padding_side == "left"
 
 
-def test_bad_input_errors(tokenizer, tmp_path):
+def test_missing_or_corrupt_vocab_and_bad_inputs_raise_named_errors(tokenizer, tmp_path):
     with pytest.raises(TokenizerError, match="not found"):
         ChatGLM3Tokenizer(tmp_path / "tokenizer.model")
     corrupt = tmp_path / "tokenizer.model"

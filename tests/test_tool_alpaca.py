@@ -103,7 +103,7 @@ def test_unreadable_input_leaves_the_output_alone(tmp_path):
     assert out.read_text(encoding="utf-8") == "precious\n"
 
 
-def test_cli(sample, tmp_path, capsys):
+def test_glm3_data_format_tool_alpaca_converts_reports_and_fails_on_a_missing_file(sample, tmp_path, capsys):
     out = tmp_path / "tool_alpaca.jsonl"
     assert main(["data", "format-tool-alpaca", "--path", str(sample), "--out", str(out)]) == 0
     captured = capsys.readouterr()

@@ -193,15 +193,21 @@ def test_learning_rate_schedules_by_hand():
     assert learning_rate_at(7, 10, args.replace(lr_scheduler_type="constant_with_warmup")) == 1.0
 
 
-def test_recompute_gives_the_same_losses(tmp_path, expected_train):
+def test_recompute_of_the_blocks_the_model_names_gives_the_same_losses(tmp_path, expected_train):
     curves = []
     for recompute in (False, True):
         model = ChatGLM3ForConditionalGeneration.from_pretrained(TINY, ms_dtype=ms.float32)
+        assert len(model.recompute_cells()) == model.config.num_layers  # one per transformer block
         args = upstream_args(tmp_path / str(recompute), gradient_checkpointing=recompute, max_steps=3)
         trainer = Trainer(model, args, train_dataset=fixture_rows(expected_train))
         trainer.train()
         curves.append(losses(trainer))
     np.testing.assert_allclose(curves[0], curves[1], atol=1e-6)
+
+
+def test_recompute_needs_a_model_that_names_its_cells(tmp_path):
+    with pytest.raises(ValueError, match="Dense does not say which cells to recompute"):
+        Trainer(ms.nn.Dense(2, 2), TrainingArguments(output_dir=str(tmp_path), gradient_checkpointing=True))
 
 
 def test_evaluate_is_the_token_weighted_loss(tmp_path, expected_train):
@@ -211,7 +217,7 @@ def test_evaluate_is_the_token_weighted_loss(tmp_path, expected_train):
     assert trainer.evaluate()["eval_loss"] == pytest.approx(expected_train["losses"][0], abs=1e-4)
 
 
-def test_bad_arguments_are_named():
+def test_bad_training_arguments_are_named_and_overrides_parse():
     with pytest.raises(ArgumentError, match="'lr_scheduler_type'"):
         TrainingArguments(lr_scheduler_type="exponential")
     with pytest.raises(ArgumentError, match="unknown training argument.*learning_rat"):
@@ -253,15 +259,15 @@ def test_in_graph_gradient_norm_matches_the_host_norm():
 def test_in_graph_gradient_norm_is_fp32_and_marked_for_the_parallel_compiler():
     """fp16 gradients are squared in fp32 (300**2 overflows fp16), and every term passes the ExpandDims marked
     ``grad_scale`` from which MindSpore's SEMI_AUTO_PARALLEL compiler sums the norm over slices and stages."""
-    from glm3_mindspore.training import train_step
+    from glm3_mindspore.parallel import fused_step
 
-    assert train_step._norm_term.attrs.get("grad_scale") is True
+    assert fused_step._norm_term.attrs.get("grad_scale") is True
     grads = (np.full((4, 8), 300.0, np.float16), np.arange(6, dtype=np.float16).reshape(2, 3))
     hyper_map = ms.ops.HyperMap()
 
     @ms.jit
     def norm_of(gradients):
-        return train_step.global_norm(hyper_map, gradients)
+        return fused_step.global_norm(hyper_map, gradients)
 
     norm = norm_of(ms.mutable(tuple(ms.Tensor(g) for g in grads)))
     assert norm.shape == () and norm.dtype == ms.float32

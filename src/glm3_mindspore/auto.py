@@ -134,7 +134,7 @@ class AutoConfig:
     @staticmethod
     def from_pretrained(name_or_path, **kwargs: Any):
         if _is_yaml(name_or_path):
-            from .run_config import model_config_from_yaml
+            from .mindformers.model_config import model_config_from_yaml
 
             return model_config_from_yaml(name_or_path, **kwargs)
         if is_weight_file(name_or_path):  # names no model type: this package's ChatGLM3
@@ -161,13 +161,13 @@ class AutoTokenizer:
     def from_pretrained(name_or_path, **kwargs: Any):
         _ensure_registry()
         if _is_yaml(name_or_path):
-            from .run_config import tokenizer_from_yaml
+            from .mindformers.model_config import tokenizer_from_yaml
 
             return tokenizer_from_yaml(name_or_path, **kwargs)
         path = Path(name_or_path).expanduser()
         if path.is_file():  # a tokenizer.model file
             return ChatGLM3Tokenizer(path, **kwargs)
-        options = HubOptions(**{k: kwargs[k] for k in ("revision", "cache_dir", "local_files_only", "token") if k in kwargs})
+        options = HubOptions.pop_from(dict(kwargs))  # a copy: the tokenizer class reads them as well
         tokenizer_config = resolve_file(name_or_path, TOKENIZER_CONFIG_FILE, options, required=False)
         class_name = read_json_object(tokenizer_config, ConfigError).get("tokenizer_class") if tokenizer_config else None
         if class_name and class_name not in _CLASS_NAMES:
@@ -198,8 +198,8 @@ class _AutoModel:
         """Build the model; a MindFormers YAML config also loads ``checkpoint_name_or_path``."""
         model_cls = cls._model_cls(config)
         checkpoint = getattr(config, "checkpoint_name_or_path", None)
-        if getattr(config, "_from_yaml", False):
-            from .run_config import model_from_yaml_config
+        if getattr(config, "yaml_path", None):
+            from .mindformers.model_config import model_from_yaml_config
 
             return model_from_yaml_config(model_cls, config, **kwargs)
         if checkpoint:
@@ -210,8 +210,8 @@ class _AutoModel:
     def from_pretrained(cls, name_or_path, *args: Any, **kwargs: Any):
         if _is_yaml(name_or_path):
             return cls.from_config(AutoConfig.from_pretrained(name_or_path), **kwargs)
-        options = {k: kwargs[k] for k in ("revision", "cache_dir", "local_files_only", "token") if k in kwargs}
-        config = kwargs.pop("config", None) or AutoConfig.from_pretrained(name_or_path, **options)
+        options = HubOptions.pop_from(dict(kwargs))  # a copy: the model class reads them as well
+        config = kwargs.pop("config", None) or AutoConfig.from_pretrained(name_or_path, **vars(options))
         return cls._model_cls(config).from_pretrained(name_or_path, *args, config=config, **kwargs)
 
 

@@ -13,7 +13,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
 from .fileio import atomic_write_text, read_json_object
 from .hub import HubOptions, is_weight_file, resolve_file
@@ -81,6 +81,8 @@ class ChatGLM3Config:
     """Configuration of ChatGLM2/ChatGLM3 models (``model_type: chatglm``)."""
 
     model_type = "chatglm"
+    # The MindFormers run YAML this config was read from (None for config.json); not saved.
+    yaml_path: Optional[str] = None
 
     def __init__(self, **kwargs: Any) -> None:
         values = {name: copy.deepcopy(default) for name, (default, _) in _FIELDS.items()}
@@ -101,7 +103,7 @@ class ChatGLM3Config:
         raise AttributeError(f"{type(self).__name__} has no field {name!r}")
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in _FIELDS or name.startswith("_"):
+        if name in _FIELDS or name.startswith("_") or name == "yaml_path":
             object.__setattr__(self, name, value)
         else:
             self._extras[name] = value
@@ -111,6 +113,11 @@ class ChatGLM3Config:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__} {json.dumps(self.to_dict(), indent=2, ensure_ascii=False)}"
+
+    @classmethod
+    def field_names(cls) -> List[str]:
+        """The config's own fields (upstream's), in upstream's order; other keys are kept as extras."""
+        return list(_FIELDS)
 
     # ------------------------------------------------------------ derived views
     @property

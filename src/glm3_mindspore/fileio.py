@@ -8,7 +8,7 @@ import os
 import secrets
 import shutil
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Any, Iterator, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -45,17 +45,27 @@ def atomic_copy(source: PathLike, target: PathLike) -> None:
         shutil.copyfile(source, tmp)
 
 
-def read_json_object(path: PathLike, error: type = ValueError) -> dict:
-    """A JSON file that must hold an object; bad JSON or another type raises ``error`` naming the file and line."""
+def read_json_object(path: PathLike, error: type = ValueError, expected: type = dict) -> Any:
+    """A JSON file that must hold an object (or another ``expected`` type: ``list``); bad JSON or another type
+    raises ``error`` naming the file and line. Every JSON file the package reads goes through here."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise error(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
     except UnicodeDecodeError:
         raise error(f"{path}: not a UTF-8 text file") from None
-    if not isinstance(data, dict):
-        raise error(f"{path}: expected a JSON object, got {type(data).__name__}")
+    if not isinstance(data, expected):
+        raise error(f"{path}: expected a JSON {_JSON_NAMES.get(expected, expected.__name__)}, "
+                    f"got {json_type_name(data)}")
     return data
+
+
+_JSON_NAMES = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+
+
+def json_type_name(value: object) -> str:
+    """The JSON name of a value's type, for error messages (``null``, ``array`` ...)."""
+    return "null" if value is None else _JSON_NAMES.get(type(value), type(value).__name__)
 
 
 def _new_file_beside(target: Path) -> Path:

@@ -1,4 +1,4 @@
-"""Moving values in and out of MindSpore parameters, safely for compiled graphs."""
+"""Moving values in and out of MindSpore parameters, safely for compiled graphs, and their numpy dtypes."""
 
 from __future__ import annotations
 
@@ -7,11 +7,18 @@ import numpy as np
 from mindspore import Tensor
 
 
-def numpy_dtype(dtype):
-    if dtype == ms.bfloat16:
-        from mindspore.common.np_dtype import bfloat16
+def numpy_bfloat16() -> np.dtype:
+    """MindSpore's numpy ``bfloat16`` (numpy has none of its own): how every bfloat16 tensor is held on the host,
+    read from checkpoints and written to them."""
+    from mindspore.common.np_dtype import bfloat16
 
-        return bfloat16
+    return np.dtype(bfloat16)
+
+
+def numpy_dtype(dtype):
+    """The numpy scalar type of a MindSpore dtype."""
+    if dtype == ms.bfloat16:
+        return numpy_bfloat16().type
     return {ms.float32: np.float32, ms.float16: np.float16, ms.int32: np.int32, ms.int64: np.int64,
             ms.int8: np.int8, ms.uint8: np.uint8, ms.bool_: np.bool_}[dtype]
 

@@ -1,8 +1,8 @@
 """Host set-up for MindSpore and the one backend switch the model code consults.
 
 On CPU, MindSpore's asynchronous dispatch makes the many small ops of a
-transformer 5-10x slower and reports errors at the wrong op, so importing this
-package switches CPU execution to synchronous launch. Nothing else is changed:
+transformer several times slower and reports errors at the wrong op, so
+importing this package switches CPU execution to synchronous launch. Nothing else is changed:
 no environment variables, no global dtype, no execution mode.
 """
 
@@ -23,7 +23,7 @@ def device_target() -> str:
 
 
 def is_ascend() -> bool:
-    """True when fused Ascend kernels (flash attention, rms_norm, rotary) may be used."""
+    """True on Ascend, where fused kernels (flash attention, rms_norm, int8 weight matmul) may replace the portable ops."""
     return device_target() == "Ascend"
 
 

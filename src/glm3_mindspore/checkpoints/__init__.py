@@ -1,7 +1,9 @@
-"""Checkpoint formats: hub layout (safetensors, ``pytorch_model*.bin``), MindSpore ``.ckpt``.
+"""Every on-disk format of weights: hub layout (safetensors, ``pytorch_model*.bin``), MindSpore ``.ckpt``, and the
+per-rank slices and strategy files of sharded runs (:mod:`.distributed`).
 
 Everything reads to and writes from ``(name, numpy array)`` pairs, one shard at a
-time, so a model is never held twice in memory.
+time, so a model is never held twice in memory. Trainer checkpoints (model,
+optimizer state, trainer state) are the trainer's: :mod:`glm3_mindspore.training.checkpointing`.
 """
 
 from .errors import CheckpointError

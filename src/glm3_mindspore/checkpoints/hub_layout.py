@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Iterator, List, Tuple, Union
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
-from ..fileio import atomic_write_text
+from ..fileio import atomic_copy, atomic_write_text, read_json_object
 from ..hub import HubOptions, ModelFileNotFoundError, is_local, resolve_file
 from .errors import CheckpointError
 from .safetensors_io import iter_safetensors, save_safetensors
@@ -49,11 +49,9 @@ def resolve_weight_files(name_or_path, options: HubOptions = HubOptions()) -> Li
 
 
 def _shards_from_index(index_file: Path) -> List[str]:
-    try:
-        index = json.loads(index_file.read_text(encoding="utf-8"))
-        weight_map = index["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise CheckpointError(f"{index_file}: not a valid weight index (needs a 'weight_map' object)") from None
+    weight_map = read_json_object(index_file, CheckpointError).get("weight_map")
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{index_file}: not a valid weight index (needs a 'weight_map' object)")
     shards: List[str] = []
     for shard in weight_map.values():
         if "/" in shard or "\\" in shard or shard.startswith("."):
@@ -63,23 +61,28 @@ def _shards_from_index(index_file: Path) -> List[str]:
     return shards
 
 
-def _reader(path: Path) -> Callable[[Path], Iterator[Tuple[str, np.ndarray]]]:
+def _read(path: Path, skipped: Optional[List[str]]) -> Iterator[Tuple[str, np.ndarray]]:
     suffix = path.suffix
     if suffix == ".safetensors":
-        return iter_safetensors
+        return iter_safetensors(path)
     if suffix in (".bin", ".pt", ".pth"):
         from .torch_pickle import iter_torch_file
 
-        return iter_torch_file
+        return iter_torch_file(path)
     if suffix == ".ckpt":
         from .mindspore_ckpt import iter_ckpt
 
-        return iter_ckpt
+        return iter_ckpt(path, skipped)
     raise CheckpointError(f"{path}: unknown weight file type {suffix!r} (expected .safetensors, .bin or .ckpt)")
 
 
-def iter_tensors(files: Iterable[Path], progress: bool = False) -> Iterator[Tuple[str, np.ndarray]]:
-    """``(name, array)`` from each file in turn; only one shard is open at a time."""
+def iter_tensors(files: Iterable[Path], progress: bool = False,
+                 skipped: Optional[List[str]] = None) -> Iterator[Tuple[str, np.ndarray]]:
+    """``(name, array)`` from each file in turn; only one shard is open at a time.
+
+    ``skipped`` collects the non-model entries (optimizer state, bookkeeping) of
+    MindSpore training checkpoints, which are left out.
+    """
     files = [Path(f) for f in files]
     bar = None
     if progress and len(files) > 1 or progress and files and files[0].stat().st_size > 1 << 30:
@@ -89,7 +92,7 @@ def iter_tensors(files: Iterable[Path], progress: bool = False) -> Iterator[Tupl
     try:
         for file in files:
             done = 0
-            for name, array in _reader(file)(file):
+            for name, array in _read(file, skipped):
                 yield name, array
                 if bar is not None:  # tensor by tensor, so one large file still shows progress
                     bar.update(array.nbytes)
@@ -188,3 +191,33 @@ def _torch_saver():
     from .torch_pickle import save_torch_file
 
     return save_torch_file
+
+
+# Hub files that travel with the weights (data only; the .py files are copied, never run).
+COMPANION_FILES = ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
+                   "configuration_chatglm.py", "modeling_chatglm.py", "tokenization_chatglm.py", "quantization.py")
+
+
+def copy_companion_files(source, dst: Path, torch_dtype: Optional[str] = None, quantization=None,
+                         options: HubOptions = HubOptions()) -> List[str]:
+    """``config.json`` (``torch_dtype`` and quantization updated) and the tokenizer / generation files of a
+    folder, hub repo or weight file's folder, copied beside weights written to ``dst``. Returns notes for the
+    user (no ``config.json`` found)."""
+    where = Path(source).parent if Path(source).is_file() else source
+    config_file = resolve_file(where, "config.json", options, required=False)
+    notes = []
+    if config_file is None:
+        notes.append(f"no config.json beside {source}; pass --config FOLDER_OR_REPO to include one")
+    else:
+        config = read_json_object(config_file, CheckpointError)
+        if torch_dtype:
+            config["torch_dtype"] = torch_dtype
+        if quantization is not None:
+            config.update(quantization_bit=quantization.bits, quantization_config=quantization.to_dict())
+            config.pop("auto_map", None)  # upstream's code cannot read the quantized format
+        atomic_write_text(dst / "config.json", json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    for name in COMPANION_FILES:
+        found = resolve_file(where, name, options, required=False)
+        if found is not None:
+            atomic_copy(found, dst / name)
+    return notes

@@ -8,10 +8,10 @@ memory; here the protobuf wire format is walked over a memory map instead, so a
 tensor costs memory only while it is copied into the model.
 
 Names: MindFormers' glm3 checkpoints use the hub names except for the word
-embedding (``transformer.embedding.embedding_table``, as the seed's conversion
-script wrote it). Training checkpoints also hold optimizer state and
-bookkeeping (``adam_m.*``, ``global_step``...): those are skipped and reported
-as non-model entries.
+embedding; files are read with hub names and written with either
+(:mod:`glm3_mindspore.mindformers.names`). Training checkpoints also hold
+optimizer state and bookkeeping (``adam_m.*``, ``global_step``...): those are
+skipped and reported as non-model entries.
 """
 
 from __future__ import annotations
@@ -24,17 +24,12 @@ from typing import BinaryIO, Dict, Iterable, Iterator, List, Optional, Tuple
 import numpy as np
 
 from ..fileio import atomic_path
+from ..parameter_io import numpy_bfloat16
+from ..mindformers.names import from_mindformers_name, to_mindformers_name
 from .errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 
-HUB_EMBEDDING = "transformer.embedding.word_embeddings.weight"
-MINDFORMERS_EMBEDDING = "transformer.embedding.embedding_table"
-_EMBEDDING_ALIASES = (
-    MINDFORMERS_EMBEDDING,
-    "transformer.embedding.embedding_weight",
-    "transformer.embedding.word_embeddings.embedding_table",
-)
 # Optimizer state and training bookkeeping MindSpore / MindFormers store beside the weights.
 _TRAINING_PREFIXES = ("adam_m.", "adam_v.", "moment1.", "moment2.", "moments.", "accu_grads.", "accum_grads.",
                       "accumulate_grads.", "global_norm", "learning_rate.",
@@ -55,9 +50,7 @@ _TYPE_NAMES = {
 def _numpy_dtype(type_name: str) -> Optional[np.dtype]:
     spec = _TYPE_NAMES.get(type_name)
     if spec == "bfloat16":
-        from mindspore.common.np_dtype import bfloat16
-
-        return np.dtype(bfloat16)
+        return numpy_bfloat16()
     return None if spec is None else np.dtype(spec)
 
 
@@ -66,16 +59,6 @@ def _type_name(dtype: np.dtype) -> str:
         if _numpy_dtype(name) == dtype:
             return name
     raise CheckpointError(f"cannot store numpy dtype {dtype} in a MindSpore checkpoint")
-
-
-def from_mindformers_name(name: str) -> str:
-    """MindFormers / MindSpore parameter name -> hub name (only the embedding differs)."""
-    return HUB_EMBEDDING if name in _EMBEDDING_ALIASES else name
-
-
-def to_mindformers_name(name: str) -> str:
-    """Hub name -> the name MindFormers' glm3 checkpoints use."""
-    return MINDFORMERS_EMBEDDING if name == HUB_EMBEDDING else name
 
 
 def is_training_state(name: str) -> bool:

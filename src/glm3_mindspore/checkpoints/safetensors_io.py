@@ -1,9 +1,19 @@
-"""Reading and writing the safetensors format without a deep-learning framework.
+"""Reading and writing the safetensors format, here rather than through the ``safetensors`` package, for two reasons.
 
-The format is an 8-byte little-endian header length, a JSON header mapping names
-to ``{dtype, shape, data_offsets}``, then the raw bytes. Reading memory-maps the
-file, so a tensor costs memory only while it is being copied into the model;
-bfloat16 comes back as MindSpore's numpy ``bfloat16`` dtype.
+* Memory: reading memory-maps the file and gives each tensor as a read-only
+  view of the map, so a tensor costs memory only while it is copied into the
+  model, and :func:`~glm3_mindspore.checkpoints.mapped.release_pages` drops
+  its pages afterwards; loading the 6B model never holds its weights twice.
+  ``safetensors.numpy`` (``load_file``, ``safe_open(...).get_tensor``) copies
+  every tensor out of the file instead.
+* bfloat16: tensors come back, and are written from, MindSpore's numpy
+  ``bfloat16`` dtype (numpy has none); the ``safetensors`` package's numpy API
+  has no bfloat16 of its own.
+
+The format is an 8-byte little-endian header length, a JSON header mapping
+names to ``{dtype, shape, data_offsets}``, then the raw bytes; files written
+here load in ``safetensors`` and upstream's PyTorch code, and theirs load here
+(``tests/test_checkpoints.py``).
 """
 
 from __future__ import annotations
@@ -17,15 +27,10 @@ from typing import Dict, Iterator, Mapping, Optional, Tuple
 import numpy as np
 
 from ..fileio import atomic_path
+from ..parameter_io import numpy_bfloat16
 from .errors import CheckpointError
 
 _HEADER_LIMIT = 100 * 1024 * 1024
-
-
-def _bfloat16():
-    from mindspore.common.np_dtype import bfloat16
-
-    return bfloat16
 
 
 _NUMPY_DTYPES = {
@@ -36,14 +41,14 @@ _NUMPY_DTYPES = {
 
 def _to_numpy_dtype(name: str, path: Path, key: str):
     if name == "BF16":
-        return _bfloat16()
+        return numpy_bfloat16()
     if name not in _NUMPY_DTYPES:
         raise CheckpointError(f"{path}: tensor {key!r} has unsupported dtype {name}")
     return _NUMPY_DTYPES[name]
 
 
 def _to_safetensors_dtype(dtype: np.dtype) -> str:
-    if dtype == _bfloat16():
+    if dtype == numpy_bfloat16():
         return "BF16"
     for name, np_type in _NUMPY_DTYPES.items():
         if dtype == np_type:

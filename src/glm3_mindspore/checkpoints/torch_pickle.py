@@ -25,15 +25,10 @@ from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
 import numpy as np
 
 from ..fileio import atomic_path
+from ..parameter_io import numpy_bfloat16
 from .errors import CheckpointError
 
 logger = logging.getLogger(__name__)
-
-
-def _bfloat16():
-    from mindspore.common.np_dtype import bfloat16
-
-    return bfloat16
 
 
 # torch typed-storage class name -> numpy dtype (bfloat16 resolved lazily: it needs MindSpore).
@@ -56,7 +51,7 @@ _ALIGNMENT = 64  # torch aligns storages to 64 bytes so they can be memory-mappe
 
 
 def _numpy_dtype(spec: Any) -> np.dtype:
-    return np.dtype(_bfloat16() if spec == "bfloat16" else spec)
+    return numpy_bfloat16() if spec == "bfloat16" else np.dtype(spec)
 
 
 class _StorageType:

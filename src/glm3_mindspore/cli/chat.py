@@ -28,13 +28,13 @@ def register(subparsers) -> None:
 def load_tools(path: Optional[str]) -> Optional[List[Dict[str, Any]]]:
     if not path:
         return None
+    from ..fileio import read_json_object
+
     try:
-        tools = json.loads(Path(path).read_text(encoding="utf-8"))
+        tools = read_json_object(path, CliError, expected=list)
     except FileNotFoundError:
         raise CliError(f"tools file not found: {path}") from None
-    except json.JSONDecodeError as exc:
-        raise CliError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    if not isinstance(tools, list) or not all(isinstance(t, dict) and "name" in t for t in tools):
+    if not all(isinstance(t, dict) and "name" in t for t in tools):
         raise CliError(f"{path}: expected a JSON list of tool objects, each with a 'name'")
     return tools
 

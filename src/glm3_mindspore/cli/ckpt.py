@@ -2,7 +2,7 @@
 
     glm3 ckpt merge --strategy output/strategy --src output/checkpoint --dst merged            # -> merged/rank_0/<prefix>0.ckpt
     glm3 ckpt merge --src_ckpt_strategy output/strategy --src_ckpt_dir output/checkpoint \\
-        --dst_ckpt_dir merged --prefix glm3_6b                                                  # the seed's transform_ckpt.py flags
+        --dst_ckpt_dir merged --prefix glm3_6b                                                  # MindFormers' transform_ckpt.py flags
     glm3 ckpt merge ... --to safetensors --config THUDM/chatglm3-6b                            # hub folder, from_pretrained-ready
     glm3 ckpt reshard --src merged/rank_0/glm3_6b0.ckpt --config run.yaml --world-size 8 --dst resharded
     glm3 ckpt strategy --config run.yaml --world-size 8 --dst strategy                       # strategy files of a layout
@@ -12,15 +12,12 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, List
 
-import numpy as np
-
+from ..checkpoints.distributed import ENGINES, NAMES
 from . import CliError
-
-ENGINES = ("auto", "mindspore", "numpy")
+from .common import check_output_file, check_output_folder
 
 
 def register(subparsers) -> None:
@@ -30,7 +27,7 @@ def register(subparsers) -> None:
     merge = commands.add_parser(
         "merge", help="per-rank slices + strategy -> one checkpoint (.ckpt or hub-layout safetensors)",
         description="Merge rank_<N>/*.ckpt slices using the run's strategy files (MindSpore's transform_checkpoints "
-                    "or the numpy engine). Accepts the seed's transform_ckpt.py flags as well.")
+                    "or the numpy engine). Accepts MindFormers' transform_ckpt.py flags as well.")
     merge.add_argument("--strategy", "--src_ckpt_strategy", dest="strategy", required=True,
                        help="strategy file, or the folder of per-rank / per-stage strategy files")
     merge.add_argument("--src", "--src_ckpt_dir", dest="src", required=True, type=Path,
@@ -57,7 +54,7 @@ def register(subparsers) -> None:
     reshard.add_argument("--dst", required=True, type=Path,
                          help="output: <dst>/checkpoint/rank_<N>/<prefix>_rank_<N>.ckpt and <dst>/strategy/")
     reshard.add_argument("--prefix", default="glm3", help="slice file prefix (default glm3)")
-    reshard.add_argument("--names", choices=("mindformers", "hub"), default="mindformers",
+    reshard.add_argument("--names", choices=NAMES, default="mindformers",
                          help="parameter names in the slices (default MindFormers')")
     reshard.add_argument("--engine", choices=ENGINES, default="auto", help="numpy (default) or mindspore")
     reshard.add_argument("--overwrite", action="store_true", help="write into a non-empty --dst")
@@ -69,7 +66,7 @@ def register(subparsers) -> None:
     strategy.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     strategy.add_argument("--dst", required=True, type=Path, help="folder for ckpt_strategy_rank_<N>.ckpt")
     strategy.add_argument("--merged", type=Path, help="also write all stages merged into this one file")
-    strategy.add_argument("--names", choices=("mindformers", "hub"), default="mindformers")
+    strategy.add_argument("--names", choices=NAMES, default="mindformers")
     strategy.set_defaults(func=run_strategy)
 
     imp = commands.add_parser("import-mindformers",
@@ -80,7 +77,7 @@ def register(subparsers) -> None:
     imp.add_argument("--base-dst", type=Path, help="LoRA checkpoint: also write its base weights here (hub layout)")
     imp.add_argument("--config", help="run config (pet_config gives lora_alpha; model_config the config.json) or a "
                                       "hub folder / repo for config.json and tokenizer files")
-    imp.add_argument("--lora-alpha", type=float, help="LoRA alpha (default: the run config's, else 32 as the seed)")
+    imp.add_argument("--lora-alpha", type=float, help="LoRA alpha (default: the run config's, else 32 as in MindFormers' glm3 LoRA config)")
     imp.add_argument("--overwrite", action="store_true")
     imp.set_defaults(func=run_import)
 
@@ -104,136 +101,36 @@ def _common(parser) -> None:
     parser.add_argument("--engine", choices=ENGINES, default="auto",
                         help="mindspore (transform_checkpoints), numpy, or auto: MindSpore when the strategy "
                              "describes every parameter, else numpy")
-    parser.add_argument("--names", choices=("mindformers", "hub"), default="mindformers",
+    parser.add_argument("--names", choices=NAMES, default="mindformers",
                         help="parameter names of an output .ckpt (numpy engine)")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --dst")
 
 
-# ----------------------------------------------------------------------------- helpers
-def _is_yaml(value: Optional[str]) -> bool:
-    return bool(value) and str(value).endswith((".yaml", ".yml"))
-
-
-def _check_empty(dst: Path, overwrite: bool) -> None:
-    if dst.exists() and not dst.is_dir():
-        raise CliError(f"--dst {dst} is a file; it must be a folder")
-    if dst.is_dir() and any(dst.iterdir()) and not overwrite:
-        raise CliError(f"{dst} is not empty; pass --overwrite to write into it")
-
-
-def _fallback_layouts(config: Optional[str], world_size: int):
-    """Layouts rebuilt from a run YAML's parallel_config (hub names -> SliceLayout), or None."""
-    if not _is_yaml(config):
-        return None
-    from ..parallel.checkpoints import layout_entries
-    from ..parallel.config import read_run_parallel_settings
-    from ..parallel.layout import build_layout
-
-    settings = read_run_parallel_settings(config)
-    layout = build_layout(settings.model_config, settings.parallel, world_size, settings.peft)
-    entries = {}
-    for stage_entries in layout_entries(layout, "hub").values():
-        entries.update(stage_entries)
-    return entries
-
-
-def _write_hub_folder(dst: Path, tensors: Iterator[Tuple[str, np.ndarray]], config: Optional[str]) -> List[Path]:
-    """Hub-layout safetensors + config.json (+ tokenizer files) that ``from_pretrained`` loads."""
-    from ..checkpoints import write_weights
-
-    dst.mkdir(parents=True, exist_ok=True)
-    written = write_weights(dst, tensors)
-    if config is None:
-        print("note: no --config, so no config.json was written; pass the run YAML or a hub folder")
-    elif _is_yaml(config):
-        from ..configuration import _FIELDS, ChatGLM3Config
-        from ..run_config import model_config_from_yaml
-
-        model_config = model_config_from_yaml(config)
-        plain = ChatGLM3Config(**{k: getattr(model_config, k) for k in _FIELDS})
-        plain.architectures = ["ChatGLMModel"]
-        plain.save_pretrained(dst)
-        vocab = getattr(model_config, "vocab_file", None)
-        if vocab:
-            try:
-                from ..tokenization import ChatGLM3Tokenizer
-
-                ChatGLM3Tokenizer.from_pretrained(vocab).save_pretrained(dst)
-            except Exception as exc:  # the weights are written; the tokenizer is a convenience
-                print(f"note: tokenizer not copied ({exc})")
-    else:
-        from .convert import _copy_companions
-
-        _copy_companions(config, dst, None)
-    return written
-
-
-def _choose_engine(engine: str, missing: List[str]) -> str:
-    if engine == "auto":
-        return "mindspore" if not missing else "numpy"
-    if engine == "mindspore" and missing:
-        raise CliError(f"the strategy has no layout for {len(missing)} parameters (e.g. {missing[:3]}): "
-                       "MindSpore's transform_checkpoints would copy rank 0's slice of them; use --engine numpy "
-                       "with --config RUN.yaml (the seed's only_trainable_params: False pitfall)")
-    return engine
-
-
-def _check_ranks(strategy, rank_files) -> None:
-    if not strategy:
-        raise CliError("the strategy file describes no parameters")
-    needed = set()
-    for entry in strategy.values():
-        for stage in entry.stages:
-            needed.update(range(stage * entry.devices, (stage + 1) * entry.devices))
-    missing = sorted(needed - set(rank_files))
-    if missing:
-        raise CliError(f"the strategy spans {len(needed)} ranks but rank_<N> folders are missing for ranks "
-                       f"{missing[:16]}{' ...' if len(missing) > 16 else ''}")
-
-
 # ----------------------------------------------------------------------------- merge
 def run_merge(args) -> int:
-    from ..checkpoints.mindspore_ckpt import save_ckpt
-    from ..parallel.checkpoints import (merged_tensors, rank_checkpoint_files, read_strategy, strategy_is_complete,
-                                        transform_with_mindspore)
+    from ..checkpoints.distributed import RankCheckpoints, choose_engine
 
-    _check_empty(args.dst, args.overwrite)
-    rank_files = rank_checkpoint_files(args.src)
-    strategy = read_strategy(args.strategy)
-    _check_ranks(strategy, rank_files)
-    missing = strategy_is_complete(strategy, rank_files)
-    engine = _choose_engine(args.engine, missing)
+    check_output_folder(args.dst, args.overwrite)
+    slices = RankCheckpoints.open(args.src, args.strategy)
+    engine = choose_engine(args.engine, slices.without_layout)
     if args.dst_strategy:
         if engine != "mindspore":
             raise CliError("--dst_ckpt_strategy transforms with MindSpore's engine, which needs a complete strategy; "
                            "use glm3 ckpt reshard (numpy) instead")
-        out = transform_with_mindspore(args.src, args.dst, args.prefix, args.strategy, args.dst_strategy)
-        print(f"transformed {len(rank_files)} rank checkpoints into {len(out)} with MindSpore: {args.dst}/rank_*/")
+        out = slices.transform(args.dst, args.prefix, args.dst_strategy)
+        print(f"transformed {slices.world_size} rank checkpoints into {len(out)} with MindSpore: {args.dst}/rank_*/")
         return 0
-    print(f"merging {len(rank_files)} rank checkpoints with the {engine} engine"
-          + (f" ({len(missing)} parameters without a strategy entry)" if missing else ""))
-    if engine == "mindspore":
-        with tempfile.TemporaryDirectory(dir=args.dst.parent if args.dst.parent.exists() else None) as work:
-            target = args.dst if args.to == "ckpt" else Path(work) / "merged"
-            out = transform_with_mindspore(args.src, target, args.prefix, args.strategy)
-            if args.to == "ckpt":
-                print(f"wrote {out[0]}")
-                return 0
-            from ..checkpoints.mindspore_ckpt import iter_ckpt
-
-            written = _write_hub_folder(args.dst, iter_ckpt(out[0]), args.config)
-            print(f"wrote {', '.join(str(p) for p in written[:3])}")
-            return 0
-    fallback = _fallback_layouts(args.config, len(rank_files))
+    without = slices.without_layout
+    print(f"merging {slices.world_size} rank checkpoints with the {engine} engine"
+          + (f" ({len(without)} parameters without a strategy entry)" if without else ""))
+    fallback = _layouts_from_run_config(args.config, slices.world_size) if engine == "numpy" else None
     report: Dict[str, List[str]] = {}
-    tensors = merged_tensors(strategy, rank_files, fallback, report)
     if args.to == "ckpt":
-        path = args.dst / "rank_0" / f"{args.prefix}0.ckpt"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_ckpt(path, tensors, names=args.names)
-        written = [path]
+        written = [slices.merge_to_ckpt(args.dst, args.prefix, engine, args.names, fallback, report)]
     else:
-        written = _write_hub_folder(args.dst, tensors, args.config)
+        workdir = args.dst.parent if args.dst.parent.exists() else None
+        with slices.merged(engine, fallback, report, workdir) as tensors:
+            written = _write_hub_folder(args.dst, tensors, args.config)
     if report.get("rebuilt"):
         print(f"rebuilt the layout of {len(report['rebuilt'])} parameters missing from the strategy from "
               f"{args.config} (the run saved strategies for trainable parameters only)")
@@ -241,80 +138,46 @@ def run_merge(args) -> int:
     return 0
 
 
+def _layouts_from_run_config(config, world_size: int):
+    """With a run YAML as ``--config``, its layout gives the parameters a strategy file lacks."""
+    from ..mindformers.model_config import is_run_yaml
+    from ..mindformers.parallel_config import slice_layouts_from_run_config
+
+    return slice_layouts_from_run_config(config, world_size) if is_run_yaml(config) else None
+
+
+def _write_hub_folder(dst: Path, tensors, config) -> List[Path]:
+    """Hub-layout safetensors + config.json (+ tokenizer files) that ``from_pretrained`` loads."""
+    from ..mindformers.model_config import write_hub_model
+
+    written, notes = write_hub_model(dst, tensors, config)
+    for note in notes:
+        print(f"note: {note}")
+    return written
+
+
 # ----------------------------------------------------------------------------- reshard
 def run_reshard(args) -> int:
-    from ..checkpoints.mindspore_ckpt import iter_ckpt, save_ckpt
-    from ..parallel.checkpoints import (merged_tensors, rank_checkpoint_files, read_strategy, split_checkpoint,
-                                        transform_with_mindspore, write_strategy_files)
-    from ..parallel.config import read_run_parallel_settings
-    from ..parallel.layout import build_layout
+    from ..checkpoints.distributed import is_rank_folder, reshard
+    from ..mindformers.parallel_config import layout_from_run_config
 
-    _check_empty(args.dst, args.overwrite)
-    settings = read_run_parallel_settings(args.config, args.overrides)
-    layout = build_layout(settings.model_config, settings.parallel, args.world_size, settings.peft)
-    src = Path(args.src)
-    distributed = src.is_dir() and any(p.name.startswith("rank_") for p in src.iterdir())
-    if distributed and not args.strategy:
-        raise CliError(f"{src} holds per-rank slices: pass their --strategy")
-    args.dst.mkdir(parents=True, exist_ok=True)
-    checkpoint_dir, strategy_dir = args.dst / "checkpoint", args.dst / "strategy"
+    check_output_folder(args.dst, args.overwrite)
+    layout = layout_from_run_config(args.config, args.world_size, args.overrides)
+    if is_rank_folder(args.src) and not args.strategy:
+        raise CliError(f"{args.src} holds per-rank slices: pass their --strategy")
     engine = "numpy" if args.engine == "auto" else args.engine
-    with tempfile.TemporaryDirectory(dir=args.dst) as work:
-        if engine == "mindspore":
-            if not distributed:  # MindSpore reads an unsplit source from rank_0/
-                (Path(work) / "src" / "rank_0").mkdir(parents=True)
-                full = Path(work) / "src" / "rank_0" / "full.ckpt"
-                save_ckpt(full, _read_full(src), names=args.names)
-                source, source_strategy = Path(work) / "src", None
-            else:
-                source, source_strategy = src, args.strategy
-            write_strategy_files(layout, strategy_dir, args.names)
-            if source_strategy is None:
-                import mindspore as ms
-
-                ms.transform_checkpoints(str(source), str(checkpoint_dir), args.prefix + "_rank_", None,
-                                         _merged(strategy_dir, work))
-            else:
-                transform_with_mindspore(source, checkpoint_dir, args.prefix + "_rank_", source_strategy, strategy_dir)
-        else:
-            merged_file = Path(work) / "merged.ckpt"
-            if distributed:
-                rank_files = rank_checkpoint_files(src)
-                strategy = read_strategy(args.strategy)
-                _check_ranks(strategy, rank_files)
-                save_ckpt(merged_file, merged_tensors(strategy, rank_files), names="hub")
-            else:
-                save_ckpt(merged_file, _read_full(src), names="hub")
-            arrays = dict(iter_ckpt(merged_file))  # memory-mapped
-            arrays = {k: v for k, v in arrays.items() if k in layout.params}
-            split_checkpoint(arrays, layout, checkpoint_dir, args.prefix, args.names, strategy_dir)
+    checkpoint_dir, strategy_dir = reshard(args.src, args.dst, layout, args.strategy, engine, args.prefix, args.names)
     print(f"wrote {layout.world_size} rank checkpoints ({layout.config.describe()}) to {checkpoint_dir}/rank_*/ "
           f"and their strategy files to {strategy_dir}/")
     return 0
 
 
-def _merged(strategy_dir: Path, work: str) -> str:
-    from ..parallel.checkpoints import merged_strategy_file
-
-    return merged_strategy_file(strategy_dir, Path(work) / "dst")
-
-
-def _read_full(src: Path) -> Iterator[Tuple[str, np.ndarray]]:
-    from ..checkpoints import iter_tensors, resolve_weight_files
-
-    for name, array in iter_tensors(resolve_weight_files(src)):
-        if not name.endswith("rotary_pos_emb.inv_freq"):
-            yield name, array
-
-
 # ----------------------------------------------------------------------------- strategy
 def run_strategy(args) -> int:
-    from ..parallel.checkpoints import write_merged_strategy, write_strategy_files
-    from ..parallel.config import read_run_parallel_settings
-    from ..parallel.layout import build_layout
+    from ..checkpoints.distributed import write_merged_strategy, write_strategy_files
+    from ..mindformers.parallel_config import layout_from_run_config
 
-    settings = read_run_parallel_settings(args.config, args.overrides)
-    layout = build_layout(settings.model_config, settings.parallel, args.world_size, settings.peft)
+    layout = layout_from_run_config(args.config, args.world_size, args.overrides)
     files = write_strategy_files(layout, args.dst, args.names)
     print(f"wrote {len(files)} strategy files ({layout.config.describe()}) to {args.dst}/")
     if args.merged:
@@ -324,63 +187,33 @@ def run_strategy(args) -> int:
 
 # ----------------------------------------------------------------------------- MindFormers interop
 def run_import(args) -> int:
-    from ..checkpoints.mindspore_ckpt import iter_ckpt
-    from ..parallel.mindformers import adapter_config_for, split_mindformers_lora, write_peft_adapter
+    from ..mindformers.lora import import_mindformers_checkpoint
 
     if args.src.suffix != ".ckpt":
         raise CliError(f"--src must be a MindFormers .ckpt, got {args.src}")
-    _check_empty(args.dst, args.overwrite)
-    base, adapter = split_mindformers_lora(iter_ckpt(args.src))
-    if not adapter:
-        written = _write_hub_folder(args.dst, iter(base.items()), args.config)
-        print(f"no LoRA parameters: wrote the full model to {', '.join(str(p) for p in written[:3])}")
+    check_output_folder(args.dst, args.overwrite)
+    if args.base_dst is not None:
+        check_output_folder(args.base_dst, args.overwrite, "--base-dst")
+    result = import_mindformers_checkpoint(args.src, args.dst, args.config, args.lora_alpha, args.base_dst)
+    for note in result.notes:
+        print(f"note: {note}")
+    if result.adapter_config is None:
+        print(f"no LoRA parameters: wrote the full model to {', '.join(str(p) for p in result.model_files[:3])}")
         return 0
-    alpha, dropout = args.lora_alpha, 0.0
-    if _is_yaml(args.config):
-        from ..run_config import YamlDocument
-
-        doc = YamlDocument(Path(args.config))
-        pet = doc.get("pet_config") or doc.get("model", "model_config", "pet_config") or {}
-        if alpha is None and pet.get("lora_alpha") is not None:
-            alpha = float(pet["lora_alpha"])
-        dropout = float(pet.get("lora_dropout") or 0.0)
-    if alpha is None:
-        alpha = 32.0
-        print("note: lora_alpha is not stored in MindFormers checkpoints; using 32 (the seed's); "
-              "pass --lora-alpha or the run --config if yours differs")
-    config = adapter_config_for(adapter, alpha, dropout)
-    write_peft_adapter(args.dst, adapter, config)
-    print(f"wrote a PEFT adapter (r={config.r}, alpha={config.lora_alpha}, {len(adapter) // 2} layers, targets "
+    config = result.adapter_config
+    print(f"wrote a PEFT adapter (r={config.r}, alpha={config.lora_alpha}, {result.lora_layers} layers, targets "
           f"{config.target_modules}) to {args.dst}")
     if args.base_dst is not None:
-        _check_empty(args.base_dst, args.overwrite)
-        written = _write_hub_folder(args.base_dst, iter(base.items()), args.config)
-        print(f"wrote the base weights to {', '.join(str(p) for p in written[:3])}")
+        print(f"wrote the base weights to {', '.join(str(p) for p in result.model_files[:3])}")
     return 0
 
 
 def run_export(args) -> int:
-    from ..checkpoints import iter_tensors, resolve_weight_files
-    from ..checkpoints.mindspore_ckpt import save_ckpt
-    from ..parallel.mindformers import read_peft_adapter, to_mindformers_lora
+    from ..mindformers.lora import export_mindformers_checkpoint
 
-    if args.dst.suffix != ".ckpt":
-        raise CliError(f"--dst must be a .ckpt file, got {args.dst}")
-    if args.dst.exists() and not args.overwrite:
-        raise CliError(f"{args.dst} exists; pass --overwrite to replace it")
+    check_output_file(args.dst, ".ckpt", args.overwrite)
     if not args.adapter and not args.base:
         raise CliError("give --adapter (a PEFT LoRA folder) and/or --base (a model)")
-
-    def tensors():
-        if args.base:
-            for name, array in iter_tensors(resolve_weight_files(args.base)):
-                if not name.endswith("rotary_pos_emb.inv_freq"):
-                    yield name, array
-        if args.adapter:
-            weights, _ = read_peft_adapter(args.adapter)
-            yield from to_mindformers_lora(weights.items(), upper=args.mindpet_upper)
-
-    total = save_ckpt(args.dst, tensors(), names="mindformers")
+    total = export_mindformers_checkpoint(args.dst, args.adapter, args.base, args.mindpet_upper)
     print(f"wrote {total / 1e6:.1f} MB with MindFormers names to {args.dst}")
     return 0
-

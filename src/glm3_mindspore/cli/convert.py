@@ -17,19 +17,13 @@ model itself is never built. A failed conversion leaves no new output behind.
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
-from typing import Iterator, List, Optional, Tuple
+from typing import List, Optional
 
-import numpy as np
-
-from ..quantization import DEFAULT_GROUP_SIZE, QuantizationConfig, QuantizationError, quantize_tensors
+from ..quantization import DEFAULT_GROUP_SIZE, QuantizationConfig, QuantizationError
 from . import CliError
+from .common import check_output_file, check_output_folder
 
-# Hub files that travel with the weights (data only; the .py files are copied, never run).
-COMPANION_FILES = ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
-                   "configuration_chatglm.py", "modeling_chatglm.py", "tokenization_chatglm.py", "quantization.py")
 _DTYPE_NAMES = {"fp16": "float16", "float16": "float16", "bf16": "bfloat16", "bfloat16": "bfloat16",
                 "fp32": "float32", "float32": "float32"}
 
@@ -59,26 +53,28 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from ..checkpoints import resolve_weight_files
+    from ..checkpoints.convert import convert_weights
+
     dst: Path = args.dst.expanduser()
-    _check_destination(dst, args.to, args.overwrite)
+    if args.to == "ckpt":
+        check_output_file(dst, ".ckpt", args.overwrite)
+    else:
+        check_output_folder(dst, args.overwrite)
     quantization = _quantization(args)
-    files = _weight_files(args.src)
+    files = resolve_weight_files(args.src)
     _check_against_config(files, args.config or args.src)
-    skipped: List[str] = []
-    tensors = _cast(_read(files, skipped, progress=not args.no_progress), _DTYPE_NAMES.get(args.dtype or ""))
-    if quantization is not None:
-        tensors = quantize_tensors(tensors, quantization)
-    created = not dst.exists()
-    try:
-        written, total = _write(tensors, dst, args, quantization)
-    except BaseException:
-        if created and args.to == "safetensors":  # a failed convert leaves no folder behind
-            shutil.rmtree(dst, ignore_errors=True)
-        raise
+    converted = convert_weights(files, dst, args.to, dtype=_DTYPE_NAMES.get(args.dtype or ""),
+                                quantization=quantization, names=args.names, max_shard_size=args.max_shard_size,
+                                companions_from=args.config or args.src, progress=not args.no_progress)
+    for note in converted.notes:
+        print(f"note: {note}")
+    skipped = converted.skipped
     if skipped:
         print(f"skipped {len(skipped)} non-model entries (optimizer state / bookkeeping): "
               f"{', '.join(skipped[:6])}{' ...' if len(skipped) > 6 else ''}")
-    print(f"wrote {total / 1e9:.2f} GB to {', '.join(str(p) for p in written[:3])}"
+    written = converted.files
+    print(f"wrote {converted.tensor_bytes / 1e9:.2f} GB to {', '.join(str(p) for p in written[:3])}"
           f"{' ...' if len(written) > 3 else ''}")
     return 0
 
@@ -95,24 +91,10 @@ def _quantization(args) -> Optional[QuantizationConfig]:
         raise CliError(f"--group-size: {exc}") from None
 
 
-def _write(tensors: Iterator[Tuple[str, np.ndarray]], dst: Path, args,
-           quantization: Optional[QuantizationConfig]) -> Tuple[List[Path], int]:
-    """Write the output; returns the files written and the tensor bytes."""
-    from ..checkpoints import write_weights
-    from ..checkpoints.mindspore_ckpt import save_ckpt
-
-    if args.to == "ckpt":
-        return [dst], save_ckpt(dst, tensors, names=args.names)
-    dst.mkdir(parents=True, exist_ok=True)
-    written = write_weights(dst, tensors, max_shard_size=args.max_shard_size)
-    _copy_companions(args.config or args.src, dst, _DTYPE_NAMES.get(args.dtype or ""), quantization)
-    return written, sum(p.stat().st_size for p in written if p.suffix == ".safetensors")
-
-
 def _check_against_config(files: List[Path], config_source: str) -> None:
     """The tensors' names and shapes must be those of the model the config describes, as in ``from_pretrained``.
 
-    Only the headers are read, and only a one-layer skeleton of the model is built.
+    Only the headers are read, and the model is not built (a lazy skeleton gives the expected shapes).
     """
     from ..checkpoints import tensor_shapes
     from ..configuration import ChatGLM3Config
@@ -125,82 +107,3 @@ def _check_against_config(files: List[Path], config_source: str) -> None:
     except WeightLoadingError as exc:
         raise CliError(f"the weights of {config_source} do not fit its config (pass --config FOLDER_OR_REPO "
                        f"if it belongs to another model): {exc}") from None
-
-
-def _check_destination(dst: Path, to: str, overwrite: bool) -> None:
-    """Never clobber user data silently: an existing output needs ``--overwrite``."""
-    if to == "ckpt":
-        if dst.suffix != ".ckpt":
-            raise CliError(f"--dst must be a .ckpt file for --to ckpt, got {dst}")
-        if dst.exists() and not overwrite:
-            raise CliError(f"{dst} exists; pass --overwrite to replace it")
-        return
-    if dst.exists() and not dst.is_dir():
-        raise CliError(f"--dst {dst} is a file; --to safetensors writes a folder")
-    if dst.is_dir() and any(dst.iterdir()) and not overwrite:
-        raise CliError(f"{dst} is not empty; pass --overwrite to write into it")
-
-
-def _weight_files(src: str) -> List[Path]:
-    from ..checkpoints import resolve_weight_files
-
-    return resolve_weight_files(src)
-
-
-def _read(files: List[Path], skipped: List[str], progress: bool) -> Iterator[Tuple[str, np.ndarray]]:
-    """Tensors of all files in turn; ``.ckpt`` training state is skipped into ``skipped``."""
-    from ..checkpoints import iter_tensors
-    from ..checkpoints.mindspore_ckpt import iter_ckpt
-
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=sum(f.stat().st_size for f in files), unit="B", unit_scale=True, desc="converting")
-    try:
-        for file in files:
-            source = iter_ckpt(file, skipped) if file.suffix == ".ckpt" else iter_tensors([file])
-            for name, array in source:
-                yield name, array
-                if bar is not None:
-                    bar.update(array.nbytes)
-    finally:
-        if bar is not None:
-            bar.close()
-
-
-def _cast(tensors: Iterator[Tuple[str, np.ndarray]], dtype_name: Optional[str]) -> Iterator[Tuple[str, np.ndarray]]:
-    if dtype_name is None:
-        yield from tensors
-        return
-    from ..modeling.pretrained import resolve_dtype
-    from ..parameter_io import numpy_dtype
-
-    target = np.dtype(numpy_dtype(resolve_dtype(dtype_name)))
-    for name, array in tensors:
-        floating = array.dtype.kind == "f" or array.dtype.name == "bfloat16"  # ints and bools stay as they are
-        yield name, array.astype(target) if floating and array.dtype != target else array
-
-
-def _copy_companions(source: str, dst: Path, dtype_name: Optional[str],
-                     quantization: Optional[QuantizationConfig] = None) -> None:
-    """``config.json`` (``torch_dtype`` and quantization updated) and tokenizer / generation files from the source."""
-    from ..fileio import atomic_copy, atomic_write_text
-    from ..hub import resolve_file
-
-    where = Path(source).parent if Path(source).is_file() else source
-    config_file = resolve_file(where, "config.json", required=False)
-    if config_file is None:
-        print(f"note: no config.json beside {source}; pass --config FOLDER_OR_REPO to include one")
-    else:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-        if dtype_name:
-            config["torch_dtype"] = dtype_name
-        if quantization is not None:
-            config.update(quantization_bit=quantization.bits, quantization_config=quantization.to_dict())
-            config.pop("auto_map", None)  # upstream's code cannot read the quantized format
-        atomic_write_text(dst / "config.json", json.dumps(config, indent=2, ensure_ascii=False) + "\n")
-    for name in COMPANION_FILES:
-        found = resolve_file(where, name, required=False)
-        if found is not None:
-            atomic_copy(found, dst / name)

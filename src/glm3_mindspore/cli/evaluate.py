@@ -19,7 +19,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from . import CliError
     from ..training.finetune import build_datasets, build_tokenizer, evaluation_model
-    from ..training.finetune_config import load_finetune_config
+    from ..mindformers.finetune_config import load_finetune_config
     from ..training.glm_trainer import ChatGLM3Trainer
 
     config = load_finetune_config(args.config, args.overrides)

@@ -14,7 +14,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from ..parallel import parallel_from_environment
     from ..training.finetune import run_finetune
-    from ..training.finetune_config import load_finetune_config
+    from ..mindformers.finetune_config import load_finetune_config
 
     config = load_finetune_config(args.config, args.overrides)
     parallel = parallel_from_environment(config.parallel_config, config.model_config, config.peft)

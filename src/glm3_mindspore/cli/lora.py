@@ -44,10 +44,11 @@ def run_merge(args) -> int:
     from ..fileio import atomic_copy
     from ..hub import HubOptions, resolve_file
     from ..peft import ADAPTER_CONFIG_NAME, load_adapter, lora_layers, merge_and_unload
-    from .convert import COMPANION_FILES, _check_destination
+    from ..checkpoints.hub_layout import COMPANION_FILES
+    from .common import check_output_folder
 
     out: Path = args.out.expanduser()
-    _check_destination(out, "safetensors", args.overwrite)
+    check_output_folder(out, args.overwrite, "--out")
     if resolve_file(args.adapter, ADAPTER_CONFIG_NAME, required=False) is None:
         raise CliError(f"{args.adapter}: not a LoRA adapter ({ADAPTER_CONFIG_NAME} not found)")
     base_options = HubOptions(revision=args.revision)

@@ -26,7 +26,7 @@ def register(subparsers) -> None:
 
 
 def run_plan(args) -> int:
-    from ..parallel.config import read_run_parallel_settings
+    from ..mindformers.parallel_config import read_run_parallel_settings
     from ..parallel.layout import LayoutError, build_layout, valid_shapes
     from ..parallel.plan import format_plan, plan_dict
 

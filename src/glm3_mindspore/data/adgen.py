@@ -21,8 +21,9 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .config import DataConfig, DataError, type_name
-from .conversations import IGNORE_INDEX
+from ..fileio import json_type_name
+from ..labels import IGNORE_INDEX
+from .config import DataConfig, DataError
 
 MODES = ("train", "eval")
 
@@ -34,7 +35,7 @@ def check_adgen_row(row: Mapping[str, Any], config: Optional[DataConfig] = None)
         if column not in row:
             raise DataError(f"missing key {column!r} (keys: {', '.join(map(str, row)) or 'none'})")
         if not isinstance(row[column], str):
-            raise DataError(f"{column!r} must be a string, got {type_name(row[column])}")
+            raise DataError(f"{column!r} must be a string, got {json_type_name(row[column])}")
 
 
 class AdgenProcessor:

@@ -13,6 +13,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 
 import numpy as np
 
+from ..labels import IGNORE_INDEX
 from .config import DataError
 
 PADDED_KEYS = ("input_ids", "labels")
@@ -30,7 +31,7 @@ class DataCollator:
     """
 
     pad_id: int = 0
-    label_pad: int = -100
+    label_pad: int = IGNORE_INDEX
     pad_to: Optional[int] = None
     padding_side: str = "right"
     pad_to_multiple_of: Optional[int] = None

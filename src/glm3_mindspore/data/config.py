@@ -19,7 +19,7 @@ class DataConfig:
     ADGEN (``content`` -> ``summary``) uses ``format``, ``max_source_length`` and
     ``max_target_length``: a training row is at most
     ``max_source_length + max_target_length + 1`` tokens (the ``+ 1`` is eos),
-    MindFormers' ``seq_length`` rule. The seed configs use 64 / 127 for training
+    MindFormers' ``seq_length`` rule. MindFormers' glm3 configs use 64 / 127 for training
     and 256 / 256 for evaluation. Multi-turn conversations use ``max_seq_length``
     (``None``: no truncation). ``ignore_pad_token_for_loss`` turns label ids equal
     to the pad id (0, ``<unk>``) into -100, as upstream's ADGEN code does.
@@ -50,11 +50,3 @@ class DataConfig:
 def _check_positive(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise DataError(f"{name} must be a positive integer, got {value!r}")
-
-
-_JSON_NAMES = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
-
-
-def type_name(value: object) -> str:
-    """The JSON name of a value's type, for error messages (``null``, ``array`` ...)."""
-    return "null" if value is None else _JSON_NAMES.get(type(value), type(value).__name__)

@@ -30,13 +30,14 @@ import json
 from typing import Any, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from .. import conversation
+from ..labels import IGNORE_INDEX
 from ..conversation import ConversationError
-from .config import DataConfig, DataError, type_name
+from ..fileio import json_type_name
+from .config import DataConfig, DataError
 
 CONVERSATIONS_KEY = "conversations"
 TOOLS_KEY = "tools"
 ROW_JSON_COLUMN = "row_json"  # a whole row as JSON text, see ConversationProcessor.to_columns
-IGNORE_INDEX = -100
 NO_LOSS_ROLES = frozenset({"system", "user", "observation"})
 
 
@@ -52,10 +53,10 @@ class Turn(NamedTuple):
 def conversation_turns(row: Mapping[str, Any]) -> List[Turn]:
     """The turns of one row, validated; errors name the key (``conversations[2].content``)."""
     if not isinstance(row, Mapping):
-        raise DataError(f"expected a JSON object with {CONVERSATIONS_KEY!r}, got {type_name(row)}")
+        raise DataError(f"expected a JSON object with {CONVERSATIONS_KEY!r}, got {json_type_name(row)}")
     messages = row.get(CONVERSATIONS_KEY)
     if not isinstance(messages, list):
-        raise DataError(f"{CONVERSATIONS_KEY!r} must be a list of messages, got {type_name(messages)}")
+        raise DataError(f"{CONVERSATIONS_KEY!r} must be a list of messages, got {json_type_name(messages)}")
     turns: List[Turn] = []
     tools = row.get(TOOLS_KEY)
     if tools is not None:  # JSON null and datasets' fill-in for a missing key both mean "no tools"
@@ -138,7 +139,7 @@ class ConversationProcessor:
 # ------------------------------------------------------------------ helpers
 def _message_turns(message: Any, where: str) -> List[Turn]:
     if not isinstance(message, Mapping):
-        raise DataError(f"{where} must be an object with 'role' and 'content', got {type_name(message)}")
+        raise DataError(f"{where} must be an object with 'role' and 'content', got {json_type_name(message)}")
     role = message.get("role")
     loss = _loss_flag(message.get("loss"), where) and role not in NO_LOSS_ROLES
     if role == "tool":
@@ -148,7 +149,7 @@ def _message_turns(message: Any, where: str) -> List[Turn]:
                         f"{', '.join(conversation.ROLES)} or tool")
     content = message.get("content")
     if not isinstance(content, str):
-        raise DataError(f"{where}.content must be a string, got {type_name(content)}")
+        raise DataError(f"{where}.content must be a string, got {json_type_name(content)}")
     return [Turn(role, "", content, loss)]
 
 
@@ -156,10 +157,10 @@ def _tool_turns(message: Mapping[str, Any], loss: bool, where: str) -> List[Turn
     name = message.get("name")
     if not isinstance(name, str) or not name:
         raise DataError(f"{where}.name must be the tool's name (a non-empty string), "
-                        f"got {repr(name) if isinstance(name, str) else type_name(name)}")
+                        f"got {repr(name) if isinstance(name, str) else json_type_name(name)}")
     parameters = message.get("parameters")
     if not isinstance(parameters, Mapping):
-        raise DataError(f"{where}.parameters must be an object of tool arguments, got {type_name(parameters)}")
+        raise DataError(f"{where}.parameters must be an object of tool arguments, got {json_type_name(parameters)}")
     try:
         call = conversation.format_tool_call(parameters)
     except ConversationError as exc:

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Dict, Iterator, List, Optional, Tuple, Union
 
-from .config import DataError, type_name
+from ..fileio import json_type_name
+from .config import DataError
 
 PathLike = Union[str, "os.PathLike[str]"]
 Row = Dict[str, Any]
@@ -62,7 +63,7 @@ class JsonRows:
             self.rows.append(value)
             self.where.append(where)
         else:
-            self.error(where, f"expected a JSON object, got {type_name(value)}")
+            self.error(where, f"expected a JSON object, got {json_type_name(value)}")
 
     def error(self, where: str, message: str) -> None:
         self.errors.append(RowError(self.path, where, message))
@@ -170,7 +171,7 @@ def _read_array(data: bytes, result: JsonRows) -> None:
         result.error(f"line {exc.lineno}", f"not valid JSON: {exc.msg} at column {exc.colno}")
         return
     if not isinstance(items, list):
-        result.error("line 1", f"expected a JSON array or JSON lines, got {type_name(items)}")
+        result.error("line 1", f"expected a JSON array or JSON lines, got {json_type_name(items)}")
         return
     for index, item in enumerate(items):
         result.add(f"item {index}", item)

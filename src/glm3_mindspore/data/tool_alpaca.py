@@ -25,8 +25,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Sequence, Tuple, Union
 
-from ..fileio import atomic_write_text
-from .config import DataError, type_name
+from ..fileio import atomic_write_text, json_type_name
+from .config import DataError
 from .conversations import conversation_turns
 from .jsonl import RowError, read_json_rows
 
@@ -53,7 +53,7 @@ class ConversionReport:
 def convert_instance(instance: Mapping[str, Any], tools: List[Any]) -> Dict[str, Any]:
     """One ToolAlpaca instance -> ``{"tools", "conversations"}``; :class:`DataError` if malformed."""
     if not isinstance(instance, Mapping):
-        raise DataError(f"expected an object, got {type_name(instance)}")
+        raise DataError(f"expected an object, got {json_type_name(instance)}")
     conversation: List[Dict[str, Any]] = [{"role": "user", "content": _field(instance, "input")}]
     steps = _field(instance, "intermediate_steps", list)
     for number, step in enumerate(steps):
@@ -68,7 +68,7 @@ def convert_instance(instance: Mapping[str, Any], tools: List[Any]) -> Dict[str,
                             "[[tool, action_input, thought], observation]") from None
         if not isinstance(parameters, dict):
             raise DataError(f"intermediate_steps[{number}]: action input must be a JSON object, "
-                            f"got {type_name(parameters)}")
+                            f"got {json_type_name(parameters)}")
         conversation.append({"role": "assistant", "content": thought})
         conversation.append({"role": "tool", "name": tool_name, "parameters": parameters, "observation": observation})
     final = _field(instance, "Final Thought") + "\n" + _field(instance, "output")
@@ -86,7 +86,7 @@ def convert_tool_alpaca(settings: Sequence[Any], path: str = "<data>") -> Tuple[
         report.settings += 1
         where = f"item {index}"
         if not isinstance(setting, Mapping):
-            report.skipped.append(RowError(path, where, f"expected an API object, got {type_name(setting)}"))
+            report.skipped.append(RowError(path, where, f"expected an API object, got {json_type_name(setting)}"))
             continue
         where += f" ({setting.get('Name')})" if isinstance(setting.get("Name"), str) else ""
         instances = setting.get("Instances")
@@ -127,5 +127,5 @@ def _field(instance: Mapping[str, Any], key: str, kind: type = str) -> Any:
         raise DataError(f"missing key {key!r}")
     value = instance[key]
     if not isinstance(value, kind):
-        raise DataError(f"{key!r} must be {'an array' if kind is list else 'a string'}, got {type_name(value)}")
+        raise DataError(f"{key!r} must be {'an array' if kind is list else 'a string'}, got {json_type_name(value)}")
     return value

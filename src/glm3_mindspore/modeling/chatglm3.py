@@ -19,12 +19,11 @@ import numpy as np
 from mindspore import Tensor, nn, ops
 
 from ..configuration import ChatGLM3Config
+from ..labels import IGNORE_INDEX
 from . import reference_ops
 from .cache import StaticCache
 from .layers import Embedding, Linear, make_linear, make_norm
 from .pretrained import ChatGLM3PreTrainedModel
-
-IGNORE_INDEX = -100
 
 KeyValue = Tuple[Tensor, Tensor]
 

@@ -16,6 +16,7 @@ import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import Normal, One, Zero, initializer
 
+from ..parameter_io import write_parameter
 from ..quantization import QuantizationConfig, quantize, quantized_shapes
 from ..runtime import is_ascend, supports_bf16_compute
 from . import cpu_kernels, reference_ops
@@ -99,13 +100,11 @@ class QuantizedLinear(nn.Cell):
                         bias=layer.bias is not None, dtype=layer.bias.dtype if layer.bias is not None else ms.float32)
         quantized.load_float_weight(layer.weight.asnumpy())
         if layer.bias is not None:
-            quantized.bias.set_data(layer.bias.data)
+            write_parameter(quantized.bias, layer.bias.asnumpy())
         return quantized
 
     def load_float_weight(self, weight: np.ndarray, what: str = "weight") -> None:
         """Quantize ``[out, in]`` float values into ``weight`` / ``weight_scale``."""
-        from ..parameter_io import write_parameter
-
         values, scales = quantize(self.bits, weight, self.group_size, what)
         write_parameter(self.weight, values)
         write_parameter(self.weight_scale, scales)

@@ -221,7 +221,7 @@ class ChatGLM3PreTrainedModel(nn.Cell):
             ms_dtype = config.torch_dtype or "float32"
         files = checkpoints.resolve_weight_files(name_or_path, options)
         cls.check_checkpoint(config, checkpoints.tensor_shapes(files), allow_missing)
-        with _uninitialized_parameters():  # the checkpoint overwrites them: skip random init
+        with uninitialized_parameters():  # the checkpoint overwrites them: skip random init
             model = cls(config, dtype=ms_dtype, compute_dtype=compute_dtype)
         model.load_weights(checkpoints.iter_tensors(files, progress=progress), allow_missing=allow_missing)
         model.init_parameters_data()  # parameters the checkpoint lacked get their initial values
@@ -257,7 +257,7 @@ class ChatGLM3PreTrainedModel(nn.Cell):
         its layer repeated ``num_layers`` times: the real network is not built.
         """
         skeleton_config = type(config).from_dict({**config.to_dict(), "num_layers": 1, "seq_length": 2})
-        with _uninitialized_parameters():
+        with uninitialized_parameters():
             skeleton = cls(skeleton_config)
         shapes: Dict[str, Shape] = {}
         for name, param in skeleton.parameters_and_names():
@@ -429,6 +429,12 @@ class ChatGLM3PreTrainedModel(nn.Cell):
                 raise ValueError(f"state_dict[{name!r}] has shape {tuple(array.shape)}, the model {shape}")
             yield name, array.astype(target, copy=False)
 
+    def recompute_cells(self) -> List[nn.Cell]:
+        """The cells gradient checkpointing recomputes in the backward pass instead of keeping their
+        activations: every transformer block. The trainer asks for them (``gradient_checkpointing``)."""
+        transformer = self if isinstance(self, _base_model_class()) else getattr(self, self.base_model_prefix)
+        return list(transformer.encoder.layers)
+
     def num_parameters(self, trainable_only: bool = False) -> int:
         params = self.trainable_params() if trainable_only else self.get_parameters()
         return int(sum(int(np.prod(p.shape)) for p in params))
@@ -476,8 +482,12 @@ def is_quantized_parameter(name: str, param) -> bool:
     return param.dtype in (ms.int8, ms.uint8) or name.endswith(".weight_scale")
 
 
-def _uninitialized_parameters():
-    """Context in which ``Parameter(initializer(...))`` stays lazy (no random init in memory)."""
+def uninitialized_parameters():
+    """Context in which ``Parameter(initializer(...))`` stays lazy (no random init in memory).
+
+    For models whose values come from elsewhere (a checkpoint) and for skeletons
+    read for their parameters' names and shapes (checks, parallel layouts).
+    """
     try:
         from mindspore.nn.utils import no_init_parameters
     except ImportError:  # older/newer MindSpore without it: parameters are initialised eagerly

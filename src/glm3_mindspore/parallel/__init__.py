@@ -1,6 +1,7 @@
 """Scale-out: data parallelism under ``msrun``, and (on Ascend/GPU) model and pipeline parallel layouts.
 
-* :class:`DataParallel` / :func:`parallel_from_environment` - what ``glm3 finetune``
+* :class:`ParallelContext` - what the trainer asks of a job, with :class:`SingleProcess`;
+  :class:`DataParallel` / :func:`parallel_from_environment` - what ``glm3 finetune``
   uses under ``msrun`` (``glm3 launch``); runs on CPU as on clusters;
   :class:`SemiAutoParallel` - the same job with ``model_parallel`` /
   ``pipeline_stage`` > 1 (SEMI_AUTO_PARALLEL; Ascend/GPU);
@@ -8,8 +9,11 @@
   placement (pure Python); :mod:`.strategy` - operator shard strategies and
   pipeline stages (applied on Ascend/GPU only); :mod:`.memory` / :mod:`.plan` -
   ``glm3 parallel plan``;
-* :mod:`.checkpoints` - strategy files, per-rank slices, merge and reshard
-  (``glm3 ckpt``); :mod:`.mindformers` - MindFormers LoRA checkpoint names.
+* :mod:`.fused_step` - the whole train step as one graph, as SEMI_AUTO_PARALLEL compiles it.
+
+The files of sharded runs (strategy files, per-rank slices, merge and reshard,
+``glm3 ckpt``) are :mod:`glm3_mindspore.checkpoints.distributed`; run YAMLs are
+read by :mod:`glm3_mindspore.mindformers`.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Mapping, Optional
 
+from .context import ParallelContext, SingleProcess, SlicedParallelContext
 from .data_parallel import DataParallel, launched_by_msrun
 from .layout import Layout, LayoutError, ParallelConfig, build_layout, check_layout
 from .semi_auto import SemiAutoParallel
@@ -25,7 +30,8 @@ from .strategy import ParallelDeviceError, apply_shard_strategies, operator_stra
 logger = logging.getLogger(__name__)
 
 
-def parallel_from_environment(parallel_config: Optional[Mapping[str, Any]] = None, model_config=None, peft=None):
+def parallel_from_environment(parallel_config: Optional[Mapping[str, Any]] = None, model_config=None,
+                              peft=None) -> ParallelContext:
     """What ``glm3 finetune`` trains with, decided before the model is built.
 
     Model or pipeline parallelism (``model_parallel`` or ``pipeline_stage`` > 1)
@@ -36,8 +42,6 @@ def parallel_from_environment(parallel_config: Optional[Mapping[str, Any]] = Non
     the number of processes is logged, not an error: data parallelism follows
     the launch.
     """
-    from ..training.trainer import SingleProcess
-
     config = ParallelConfig.from_dict(parallel_config or {})
     distributed = launched_by_msrun()
     if config.model_parallel > 1 or config.pipeline_stage > 1:
@@ -66,7 +70,8 @@ def _launched_world_size() -> Optional[int]:
 
 
 __all__ = [
-    "DataParallel", "Layout", "LayoutError", "ParallelConfig", "ParallelDeviceError", "apply_shard_strategies",
-    "SemiAutoParallel", "build_layout", "check_layout", "launched_by_msrun", "operator_strategies",
-    "parallel_from_environment", "require_parallel_device",
+    "DataParallel", "Layout", "LayoutError", "ParallelConfig", "ParallelContext", "ParallelDeviceError",
+    "SemiAutoParallel", "SingleProcess", "SlicedParallelContext", "apply_shard_strategies", "build_layout",
+    "check_layout", "launched_by_msrun", "operator_strategies", "parallel_from_environment",
+    "require_parallel_device",
 ]

@@ -22,6 +22,8 @@ import mindspore as ms
 import numpy as np
 from mindspore import Tensor, ops
 
+from .context import ParallelContext
+
 MSRUN_ROLES = ("MS_WORKER", "MS_SCHED")
 
 
@@ -47,8 +49,8 @@ def _mean_tensor(all_reduce, world_size, grad):
     return all_reduce(grad) / world_size
 
 
-class DataParallel:
-    """Rank, world size and the collectives of an ``msrun``-launched process group.
+class DataParallel(ParallelContext):
+    """Rank, world size and the collectives of an ``msrun``-launched process group (a :class:`ParallelContext`).
 
     The :class:`~glm3_mindspore.training.Trainer` uses ``data_rank`` /
     ``data_world_size`` to take its slice of every global batch, ``grad_reducer`` to average

@@ -43,6 +43,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..checkpoints.distributed import SliceLayout
+
 REPLICATED = "replicated"
 COLUMN = "column"
 ROW = "row"
@@ -223,6 +225,24 @@ class Layout:
     def params_of_stage(self, stage: int) -> List[ParamLayout]:
         return [p for p in self.params.values() if p.stage == stage]
 
+    def slice_layouts(self) -> Dict[int, Dict[str, SliceLayout]]:
+        """``stage -> {hub name: SliceLayout}``: what a strategy file records of each parameter.
+
+        The parallel optimizer shards dim 0 of a slice over the ``dp`` replicas
+        holding it: ``opt_weight_shard_size`` replicas, ``opt_weight_shard_step``
+        ranks apart (``mp`` when dim 0 is itself split over ``mp``).
+        """
+        mp = self.config.model_parallel
+        out: Dict[int, Dict[str, SliceLayout]] = {stage: {} for stage in range(self.num_stages)}
+        for p in self.params.values():
+            opt_step = opt_size = 0
+            if p.opt_shard > 1:
+                opt_size = p.opt_shard
+                opt_step = mp if MP_AXIS in p.tensor_map and mp > 1 else 1
+            out[p.stage][p.name] = SliceLayout(list(p.dev_matrix), list(p.tensor_map) if p.shape else [],
+                                               opt_step, opt_size, [p.stage])
+        return out
+
     def rank_slices(self, rank: int, arrays: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
         """The parameters rank ``rank`` holds, sliced from full ``arrays`` (names as in the layout)."""
         stage, local = self.stage_of_rank(rank), self.local_rank(rank)
@@ -235,65 +255,25 @@ class Layout:
 
 # ----------------------------------------------------------------------------- the model's parameters
 def model_parameters(model_config, peft: Optional[Mapping[str, Any]] = None) -> List[Tuple[str, Tuple[int, ...], bool]]:
-    """``(name, shape, trainable)`` of every parameter of ``ChatGLM3ForConditionalGeneration``, from its config.
+    """``(name, shape, trainable)`` of every parameter of ``ChatGLM3ForConditionalGeneration``, in the model's order.
 
-    ``peft``: a LoRA config (``LoraConfig``, PEFT dict or MindFormers ``pet_config``) or None.
-    Names are the model's own (hub names), in the model's order.
+    Read off the model itself, built without initialisation (no memory, well
+    under a second for the 6B model) and with its tuning method applied
+    (``peft``: a ``LoraConfig``, PEFT dict or MindFormers ``pet_config``, see
+    :func:`~glm3_mindspore.peft.lora_config_from`; else P-Tuning v2 when the
+    config has ``pre_seq_len``). Layouts are for training, which quantized
+    models do not do: the model is built with float weights. Names are the
+    model's own (hub names).
     """
-    c = model_config
-    heads, groups, dim, hidden = c.num_attention_heads, c.num_key_value_groups, c.kv_channels, c.hidden_size
-    qkv = (heads + 2 * groups) * dim
-    lora = _lora_config(peft)
-    frozen_base = lora is not None or c.pre_seq_len is not None
-    out: List[Tuple[str, Tuple[int, ...], bool]] = []
+    from ..modeling import ChatGLM3ForConditionalGeneration
+    from ..modeling.pretrained import uninitialized_parameters
+    from ..peft import apply_tuning_method
 
-    def norm(prefix: str) -> None:
-        out.append((f"{prefix}.weight", (hidden,), not frozen_base))
-        if not c.rmsnorm:
-            out.append((f"{prefix}.bias", (hidden,), not frozen_base))
-
-    def linear(prefix: str, out_features: int, in_features: int, bias: bool) -> None:
-        out.append((f"{prefix}.weight", (out_features, in_features), not frozen_base))
-        if bias:
-            out.append((f"{prefix}.bias", (out_features,), not frozen_base))
-        if lora is not None and lora.matches(prefix):
-            out.append((f"{prefix}.lora_A.weight", (lora.r, in_features), True))
-            out.append((f"{prefix}.lora_B.weight", (out_features, lora.r), True))
-            out.append((f"{prefix}.lora_scaling", (), False))
-
-    out.append(("transformer.embedding.word_embeddings.weight", (c.padded_vocab_size, hidden), not frozen_base))
-    for i in range(c.num_layers):
-        p = f"transformer.encoder.layers.{i}"
-        norm(f"{p}.input_layernorm")
-        linear(f"{p}.self_attention.query_key_value", qkv, hidden, c.add_bias_linear or c.add_qkv_bias)
-        linear(f"{p}.self_attention.dense", hidden, heads * dim, c.add_bias_linear)
-        norm(f"{p}.post_attention_layernorm")
-        linear(f"{p}.mlp.dense_h_to_4h", 2 * c.ffn_hidden_size, hidden, c.add_bias_linear)
-        linear(f"{p}.mlp.dense_4h_to_h", hidden, c.ffn_hidden_size, c.add_bias_linear)
-    if c.post_layer_norm:
-        norm("transformer.encoder.final_layernorm")
-    linear("transformer.output_layer", c.padded_vocab_size, hidden, False)
-    if c.pre_seq_len is not None:
-        kv = c.num_layers * dim * groups * 2
-        out.append(("transformer.prefix_encoder.embedding.weight", (c.pre_seq_len, kv), True))
-        if c.prefix_projection:
-            out += [("transformer.prefix_encoder.trans.0.weight", (hidden, kv), True),
-                    ("transformer.prefix_encoder.trans.0.bias", (hidden,), True),
-                    ("transformer.prefix_encoder.trans.2.weight", (kv, hidden), True),
-                    ("transformer.prefix_encoder.trans.2.bias", (kv,), True)]
-    return out
-
-
-def _lora_config(peft):
-    if peft is None:
-        return None
-    from ..peft import LoraConfig
-
-    if isinstance(peft, LoraConfig):
-        return peft
-    if "pet_type" in peft or "pet_config" in peft:
-        return LoraConfig.from_mindformers(peft)
-    return LoraConfig.from_dict(peft)
+    float_config = type(model_config).from_dict({**model_config.to_dict(), "quantization_bit": 0,
+                                                 "quantization_config": None})
+    with uninitialized_parameters():
+        model = apply_tuning_method(ChatGLM3ForConditionalGeneration(float_config), peft)
+    return [(name, tuple(param.shape), bool(param.requires_grad)) for name, param in model.parameters_and_names()]
 
 
 # ----------------------------------------------------------------------------- checking

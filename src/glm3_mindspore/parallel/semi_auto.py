@@ -5,7 +5,7 @@ or ``pipeline_stage`` > 1 (Ascend or GPU, started by ``msrun``):
 
 * the model gets the layout's operator strategies and pipeline stages
   (:func:`~.strategy.apply_shard_strategies`);
-* the whole optimisation step is one graph (:class:`~glm3_mindspore.training.train_step.FusedTrainStep`,
+* the whole optimisation step is one graph (:class:`~.fused_step.FusedTrainStep`,
   inside ``Pipeline`` micro-batches and a ``PipelineGradReducer`` when
   pipelined) wrapped in ``AutoParallel``, which inserts the collectives,
   shards the optimizer state with ``optimizer_shard`` and writes the parameter
@@ -30,6 +30,7 @@ import numpy as np
 from mindspore import Tensor
 
 from .data_parallel import DataParallel
+from .fused_step import FusedTrainDriver, FusedTrainStep
 from .layout import Layout, ParallelConfig, build_layout
 from .strategy import apply_shard_strategies, causal_lm_loss_cell, require_parallel_device
 
@@ -70,8 +71,6 @@ class SemiAutoParallel(DataParallel):
     def build_train_step(self, model, optimizer, args, strategy_dir: Path, loss_scaler=None):
         """``AutoParallel`` around the fused step; the strategy file goes to ``strategy_dir``."""
         from mindspore.parallel.auto_parallel import AutoParallel
-
-        from ..training.train_step import FusedTrainDriver, FusedTrainStep
 
         if args.gradient_accumulation_steps != 1:
             raise ValueError("gradient_accumulation_steps must be 1 with model or pipeline parallelism: "
@@ -130,7 +129,7 @@ class SemiAutoParallel(DataParallel):
 
     def merge_slices(self, folder: Path, strategy_dir: Path, names_in_model) -> Dict[str, np.ndarray]:
         """Full tensors of the model parameters from every rank's slices (rank 0, after a barrier)."""
-        from .checkpoints import merged_tensors, rank_checkpoint_files, read_strategy
+        from ..checkpoints.distributed import merged_tensors, rank_checkpoint_files, read_strategy
 
         wanted = set(names_in_model)
         return {name: array for name, array in merged_tensors(read_strategy(strategy_dir), rank_checkpoint_files(folder))

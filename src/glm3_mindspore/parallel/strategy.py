@@ -6,7 +6,7 @@ model: the ``MatMul`` of every :class:`~glm3_mindspore.modeling.layers.Linear`
 (inputs reshaped to ``[tokens, in]``, weights ``[out, in]`` with
 ``transpose_b``) and the embedding ``Gather``. The remaining operators get their
 strategies by MindSpore's sharding propagation (``search_mode:
-sharding_propagation`` in the seed YAMLs).
+sharding_propagation`` in MindFormers' glm3 YAMLs).
 
 * column-parallel ``((dp, 1), (mp, 1))`` - output features split, no communication;
 * row-parallel ``((dp, mp), (1, mp))`` - the partial sums are all-reduced by the
@@ -30,7 +30,7 @@ semi-auto parallel compiler does not run on CPU, and calling them there raises
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from .layout import COLUMN_PARALLEL, ROW_PARALLEL, Layout
 
@@ -152,14 +152,11 @@ def require_parallel_device(what: str = "model and pipeline parallelism") -> str
     return target
 
 
-def _cell(model, path: str):
-    cell = model
-    for part in path.split("."):
-        cells = getattr(cell, "_cells", {})
-        if part not in cells:
-            raise KeyError(f"{type(model).__name__} has no cell {path!r} (at {part!r})")
-        cell = cells[part]
-    return cell
+def _cell(model, cells: Dict[str, Any], path: str):
+    """The cell at ``path`` of ``model`` (``cells``: its ``cells_and_names()``)."""
+    if path not in cells:
+        raise KeyError(f"{type(model).__name__} has no cell {path!r}")
+    return cells[path]
 
 
 def apply_shard_strategies(model, layout: Layout, *, check_device: bool = True) -> List[OpStrategy]:
@@ -172,18 +169,19 @@ def apply_shard_strategies(model, layout: Layout, *, check_device: bool = True) 
     if check_device:
         require_parallel_device()
     strategies = operator_strategies(layout)
+    cells = dict(model.cells_and_names())
     for op in strategies:
-        cell = _cell(model, op.cell)
+        cell = _cell(model, cells, op.cell)
         if op.primitive == "gather":
             _embedding_gather(cell).shard(op.in_strategy)
             continue
         getattr(cell, op.primitive).shard(op.in_strategy, op.out_strategy)
     if layout.num_stages > 1:
         for path, stage in pipeline_stages(layout).items():
-            _cell(model, path).pipeline_stage = stage
+            _cell(model, cells, path).pipeline_stage = stage
     if check_device:
         for path, strategy in norm_strategies(layout).items():
-            _cell(model, path).shard(in_strategy=strategy)  # Cell.shard: sharding propagation from here
+            _cell(model, cells, path).shard(in_strategy=strategy)  # Cell.shard: sharding propagation from here
     return strategies
 
 

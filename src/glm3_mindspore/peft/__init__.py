@@ -14,8 +14,8 @@ P-Tuning v2::
     save_prefix(model, "out/prefix"); load_prefix(model, "out/prefix")
 """
 
-from .config import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, AdapterError, LoraConfig
-from .loading import load_pretrained_with_adapter
+from .config import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, AdapterError, LoraConfig, lora_config_from
+from .loading import apply_tuning_method, load_pretrained_with_adapter
 from .lora import (
     LoraLinear, get_peft_model, load_adapter, lora_layers, lora_state_dict, mark_only_lora_as_trainable,
     merge_and_unload, merge_lora, save_adapter, trainable_summary, unload_lora, unmerge_lora,
@@ -27,8 +27,9 @@ from .ptuning import (
 
 __all__ = [
     "ADAPTER_CONFIG_NAME", "ADAPTER_WEIGHTS_NAME", "AdapterError", "LoraConfig", "LoraLinear",
-    "PREFIX_WEIGHTS_NAME", "get_peft_model", "load_adapter", "load_prefix", "load_pretrained_with_adapter",
+    "PREFIX_WEIGHTS_NAME", "apply_tuning_method", "get_peft_model", "load_adapter", "load_prefix", "load_pretrained_with_adapter",
     "lora_layers", "lora_state_dict", "mark_only_lora_as_trainable", "merge_and_unload", "merge_lora",
-    "prefix_encoder_path", "prefix_state_dict", "read_prefix_config", "save_adapter", "save_prefix",
+    "lora_config_from", "prefix_encoder_path", "prefix_state_dict", "read_prefix_config", "save_adapter",
+    "save_prefix",
     "setup_ptuning", "trainable_summary", "unload_lora", "unmerge_lora",
 ]

@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 
 from ..fileio import atomic_write_text, read_json_object
 from ..hub import HubOptions, resolve_file
+from ..mindformers.names import PET_CONFIG_KEYS
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
@@ -167,15 +168,27 @@ class LoraConfig:
         pet_type = str(pet_config.get("pet_type", "")).lower()
         if pet_type != "lora":
             raise AdapterError(f"{source}: pet_type is {pet_config.get('pet_type')!r}; only 'lora' maps onto LoraConfig")
-        renames = {"lora_rank": "r", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout",
-                   "target_modules": "target_modules"}
         data: Dict[str, Any] = {}
         extra: Dict[str, Any] = {}
         for key, value in pet_config.items():
             if key == "pet_type":
                 continue
-            if key in renames:
-                data[renames[key]] = value
+            if key in PET_CONFIG_KEYS:
+                data[PET_CONFIG_KEYS[key]] = value
             else:
                 extra[f"mindformers_{key}"] = value
         return cls.from_dict({**extra, **data}, source=source)
+
+
+def lora_config_from(settings: Union[LoraConfig, Mapping[str, Any], None]) -> Optional[LoraConfig]:
+    """The :class:`LoraConfig` a run's LoRA settings describe; None (or empty) when there are none.
+
+    ``settings`` is a ``LoraConfig`` (returned as is), MindFormers' ``pet_config``
+    (``pet_type: lora``, or a ``model_config`` holding one) or a PEFT
+    ``adapter_config.json`` mapping.
+    """
+    if not settings or isinstance(settings, LoraConfig):
+        return settings or None
+    if "pet_type" in settings or "pet_config" in settings:
+        return LoraConfig.from_mindformers(settings)
+    return LoraConfig.from_dict(settings)

@@ -1,14 +1,27 @@
-"""One call for inference: a base model plus a LoRA adapter or a P-Tuning v2 prefix."""
+"""Putting a tuning method on a model: from a run's settings (:func:`apply_tuning_method`), or a base model plus a
+saved LoRA adapter or P-Tuning v2 prefix in one call (:func:`load_pretrained_with_adapter`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from typing import Any, Optional, Type, Union
+from typing import Any, Mapping, Optional, Type, Union
 
 from ..hub import HubOptions, resolve_file
-from .config import ADAPTER_CONFIG_NAME, AdapterError
-from .lora import load_adapter, merge_and_unload
-from .ptuning import load_prefix, read_prefix_config
+from .config import ADAPTER_CONFIG_NAME, AdapterError, LoraConfig, lora_config_from
+from .lora import get_peft_model, load_adapter, merge_and_unload
+from .ptuning import load_prefix, read_prefix_config, setup_ptuning
+
+
+def apply_tuning_method(model, peft: Union[LoraConfig, Mapping[str, Any], None] = None):
+    """LoRA when ``peft`` gives its settings (see :func:`lora_config_from`), P-Tuning v2 when the model's config
+    has ``pre_seq_len``, else the model as it is (full fine-tuning)."""
+    lora = lora_config_from(peft)
+    if lora is not None:
+        return get_peft_model(model, lora)
+    if model.config.pre_seq_len:
+        return setup_ptuning(model)
+    return model
 
 
 def load_pretrained_with_adapter(
@@ -32,8 +45,8 @@ def load_pretrained_with_adapter(
     """
     if model_class is None:
         from ..modeling import ChatGLM3ForConditionalGeneration as model_class
-    options = HubOptions(revision=adapter_revision, cache_dir=kwargs.get("cache_dir"),
-                         local_files_only=kwargs.get("local_files_only", False), token=kwargs.get("token"))
+    # the base's hub options (a copy: from_pretrained takes them too), with the adapter's own revision
+    options = dataclasses.replace(HubOptions.pop_from(dict(kwargs)), revision=adapter_revision)
     if resolve_file(adapter, ADAPTER_CONFIG_NAME, options, required=False) is not None:
         model = model_class.from_pretrained(base, **kwargs)
         load_adapter(model, adapter, is_trainable=is_trainable, options=options)
@@ -48,7 +61,5 @@ def load_pretrained_with_adapter(
     model = model_class.from_pretrained(base, pre_seq_len=pre_seq_len, prefix_projection=prefix_projection, **kwargs)
     load_prefix(model, adapter, options)
     if is_trainable:
-        from .ptuning import setup_ptuning
-
         setup_ptuning(model)
     return model

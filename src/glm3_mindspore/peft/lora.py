@@ -34,7 +34,7 @@ from mindspore.common.initializer import HeUniform, Normal, Zero, initializer
 
 from ..hub import HubOptions, resolve_file
 from ..modeling.layers import Linear
-from ..modeling.pretrained import _uninitialized_parameters
+from ..modeling.pretrained import uninitialized_parameters
 from .config import (
     ADAPTER_CONFIG_NAME, ADAPTER_TORCH_WEIGHTS_NAME, ADAPTER_WEIGHTS_NAME, AdapterError, LoraConfig,
 )
@@ -63,7 +63,7 @@ class LoraLinear(Linear):
         init_lora_weights: Union[bool, str] = True,
         adapter_dtype=ms.float32,
     ) -> None:
-        with _uninitialized_parameters():  # placeholders, replaced by the base layer's parameters below
+        with uninitialized_parameters():  # placeholders, replaced by the base layer's parameters below
             super().__init__(base.in_features, base.out_features, bias=base.bias is not None, dtype=base.weight.dtype)
         self.weight = base.weight
         if base.bias is not None:
@@ -71,7 +71,7 @@ class LoraLinear(Linear):
         self.r = r
         self.scaling = float(scaling)
         self.merged = False
-        with _uninitialized_parameters():  # values come from _initial_adapter_weights
+        with uninitialized_parameters():  # values come from _initial_adapter_weights
             self.lora_A = Linear(base.in_features, r, bias=False, dtype=adapter_dtype)
             self.lora_B = Linear(r, base.out_features, bias=False, dtype=adapter_dtype)
         init_a, init_b = _initial_adapter_weights(init_lora_weights, r, base.in_features, base.out_features)
@@ -121,7 +121,7 @@ class LoraLinear(Linear):
 
     def to_linear(self) -> Linear:
         """A plain :class:`Linear` holding this layer's base ``weight`` / ``bias`` parameters."""
-        with _uninitialized_parameters():
+        with uninitialized_parameters():
             linear = Linear(self.in_features, self.out_features, bias=self.bias is not None, dtype=self.weight.dtype)
         linear.weight = self.weight
         if self.bias is not None:
@@ -154,10 +154,8 @@ def lora_layers(model: nn.Cell) -> List[Tuple[str, LoraLinear]]:
 
 def _replace_child(root: nn.Cell, path: str, new: nn.Cell) -> None:
     """Put ``new`` at ``path`` without renaming any parameter (unlike attribute assignment)."""
-    *parents, name = path.split(".")
-    parent = root
-    for part in parents:
-        parent = parent._cells[part]
+    parent_path, _, name = path.rpartition(".")
+    parent = dict(root.cells_and_names())[parent_path] if parent_path else root
     parent.insert_child_to_cell(name, new)
 
 
@@ -205,8 +203,9 @@ def refuse_quantized(model: nn.Cell, what: str) -> None:
 
 
 def _base_name(model: nn.Cell) -> Optional[str]:
+    """The base model's hub name as its ``config.json`` records it (Hugging Face's ``_name_or_path`` key)."""
     config = getattr(model, "config", None)
-    name = getattr(config, "_name_or_path", None) if config is not None else None
+    name = config.to_dict().get("_name_or_path") if config is not None else None
     return name if isinstance(name, str) else None
 
 

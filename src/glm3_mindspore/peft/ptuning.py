@@ -15,7 +15,6 @@ checkpoints, keeping only the prefix keys, like upstream's loader::
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Tuple, Union
@@ -24,6 +23,7 @@ import numpy as np
 from mindspore import nn
 
 from ..configuration import CONFIG_NAME
+from ..fileio import read_json_object
 from ..hub import HubOptions, is_local, resolve_file
 from ..modeling.chatglm3 import PrefixEncoder
 from .config import AdapterError
@@ -93,11 +93,8 @@ def read_prefix_config(source: Union[str, os.PathLike], options: HubOptions = Hu
     config_file = resolve_file(folder, CONFIG_NAME, options, required=False)
     if config_file is None:
         return None
-    try:
-        data = json.loads(config_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise AdapterError(f"{config_file}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    if not isinstance(data, dict) or not data.get("pre_seq_len"):
+    data = read_json_object(config_file, AdapterError)
+    if not data.get("pre_seq_len"):
         return None
     return int(data["pre_seq_len"]), bool(data.get("prefix_projection", False))
 
@@ -143,7 +140,7 @@ def load_prefix(model: nn.Cell, source: Union[str, os.PathLike], options: HubOpt
     where = str(files[0]) if len(files) == 1 else f"{source} ({len(files)} files)"
     loaded = load_exact(params, iter_tensors(files), where, "P-Tuning v2 prefix",
                         ignore=lambda key: not key.startswith(PREFIX_KEY))
-    # Decoding engines copy the prefix into their KV buffers with Parameter.set_data, which a graph
-    # compiled earlier does not see: start from fresh engines so the new prefix is used.
+    # A KV cache kept from before (the model's decoding engines, a caller's past_key_values) holds the old
+    # prefix's keys and values: drop the model's engines so the next generate computes the new ones.
     drop_generation_cache(model)
     return loaded

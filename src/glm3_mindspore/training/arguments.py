@@ -7,9 +7,10 @@ strings from the command line; a wrong key or value is reported by name.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional
+
+from ..mindformers.documents import parse_assignment
 
 SCHEDULES = ("linear", "cosine", "polynomial", "constant", "constant_with_warmup")
 STRATEGIES = ("no", "steps", "epoch")
@@ -140,7 +141,7 @@ class TrainingArguments:
         """Apply ``name=value`` strings (values parsed as JSON when they can be)."""
         changes = {}
         for item in assignments:
-            name, value = parse_assignment(item)
+            name, value = parse_assignment(item, ArgumentError)
             if name not in self.field_names():
                 raise ArgumentError(f"--set {item}: unknown training argument {name!r}")
             changes[name] = value
@@ -148,18 +149,6 @@ class TrainingArguments:
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def parse_assignment(item: str):
-    """``"a.b=3"`` -> ``("a.b", 3)``; the value is JSON if it parses, else the raw string."""
-    if "=" not in item:
-        raise ArgumentError(f"--set {item!r}: expected key=value")
-    key, raw = item.split("=", 1)
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        value = {"none": None, "null": None, "true": True, "false": False}.get(raw.lower(), raw)
-    return key.strip(), value
 
 
 def _coerce(cls, name: str, value: Any) -> Any:

@@ -2,7 +2,8 @@
 
 A checkpoint is a folder ``checkpoint-<step>`` holding the model (or adapter)
 files, ``optimizer.safetensors`` and ``trainer_state.json`` (step, data
-position, loss scale, random state, log history). It is assembled in a hidden
+position, loss scale, training arguments, log history; no random state: the
+data order follows from ``args.seed`` and the epoch). It is assembled in a hidden
 ``.checkpoint-<step>.partial-*`` folder and renamed into place only when
 complete, so a crash or kill during a save leaves the previous checkpoints as
 they were; partial folders are ignored and removed on the next save.
@@ -25,7 +26,7 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 
 from ..checkpoints.safetensors_io import load_safetensors, save_safetensors
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_text, read_json_object
 
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -118,11 +119,7 @@ def commit_checkpoint(output_dir: Path, staging: Path, step: int, optimizer_stat
 
 
 def load_trainer_state(checkpoint: Path) -> Dict[str, Any]:
-    path = Path(checkpoint) / STATE_FILE
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: corrupt trainer state ({exc.msg} at line {exc.lineno})") from None
+    return read_json_object(Path(checkpoint) / STATE_FILE)
 
 
 def load_optimizer_file(checkpoint: Path) -> Optional[Dict[str, np.ndarray]]:

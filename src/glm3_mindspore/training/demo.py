@@ -43,7 +43,7 @@ class DemoSettings:
 
 
 def split_rows(settings: DemoSettings):
-    """The demo's (train, held-out) ADGEN rows: the bundled dev set, shuffled with the seed."""
+    """The demo's (train, held-out) ADGEN rows: the bundled dev set, shuffled with ``settings.seed``."""
     from ..resources import adgen_dev_path
 
     rows = [json.loads(line) for line in adgen_dev_path().read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
 from ..configuration import ConfigError
-from .finetune_config import DatasetSpec, FinetuneConfig
+from ..mindformers.finetune_config import DatasetSpec, FinetuneConfig
+from ..peft import apply_tuning_method
 from .glm_trainer import ChatGLM3Trainer
 
 logger = logging.getLogger(__name__)
@@ -45,18 +46,6 @@ def build_model(config: FinetuneConfig):
         logger.warning("%s: no load_checkpoint / checkpoint_name_or_path: training from random weights", config.source)
         model = ChatGLM3ForConditionalGeneration.from_config(config.model_config, ms_dtype="float32")
     return apply_tuning_method(model, config.peft)
-
-
-def apply_tuning_method(model, peft: Optional[Dict[str, Any]]):
-    """LoRA when ``pet_config`` is given, P-Tuning v2 when the config has ``pre_seq_len``, else full."""
-    from ..peft import LoraConfig, get_peft_model, setup_ptuning
-
-    if peft:
-        lora = LoraConfig.from_mindformers(peft) if "pet_type" in peft else LoraConfig.from_dict(peft)
-        return get_peft_model(model, lora)
-    if model.config.pre_seq_len:
-        return setup_ptuning(model)
-    return model
 
 
 def build_datasets(spec: Optional[DatasetSpec], tokenizer, training: bool):

@@ -1,7 +1,7 @@
 """``Trainer``: the training loop, evaluation, checkpoints and resume.
 
 Rows (a ``datasets.Dataset`` or any sequence of dicts with ``input_ids`` and
-``labels``) are shuffled per epoch from the seed, padded by the collator
+``labels``) are shuffled per epoch from ``args.seed``, padded by the collator
 (lengths rounded to 32 when compiling, so only a few graph shapes exist),
 and fed to :class:`TrainStep`. Under data parallelism each process takes its
 slice of every global batch and gradients are averaged across processes; only
@@ -23,6 +23,8 @@ import numpy as np
 from mindspore import Tensor, nn
 
 from ..data.collator import DataCollator, LengthBucketSampler
+from ..labels import IGNORE_INDEX
+from ..parallel.context import ParallelContext, SingleProcess
 from .arguments import TrainingArguments
 from .callbacks import (CallbackList, JsonlLogger, ProgressCallback, TensorBoardLogger, TrainerCallback,
                         TrainerControl, TrainerState)
@@ -53,33 +55,6 @@ class PredictionOutput:
     metrics: Dict[str, float]
 
 
-class SingleProcess:
-    """No parallelism: the default ``parallel`` of a :class:`Trainer`."""
-
-    rank = 0
-    world_size = 1
-    data_rank = 0
-    data_world_size = 1
-    grad_reducer = None
-    sliced_parameters = False
-
-    @property
-    def is_main(self) -> bool:
-        return True
-
-    def mean(self, value: float) -> float:
-        return value
-
-    def any(self, *flags: bool) -> tuple:
-        return tuple(bool(f) for f in flags)
-
-    def same(self, value: int, what: str) -> int:
-        return value
-
-    def barrier(self) -> None:
-        pass
-
-
 class _EvalLoss(nn.Cell):
     def __init__(self, model: nn.Cell) -> None:
         super().__init__(auto_prefix=False)
@@ -90,7 +65,12 @@ class _EvalLoss(nn.Cell):
 
 
 class Trainer:
-    """Hugging Face-style trainer for MindSpore causal LMs whose ``construct`` returns ``(loss, logits)``."""
+    """Hugging Face-style trainer for MindSpore causal LMs whose ``construct`` returns ``(loss, logits)``.
+
+    What it needs of the model beyond that: ``recompute_cells()`` for
+    ``gradient_checkpointing``, and ``save_pretrained`` / ``load_weights`` for
+    checkpoints; of the job, a :class:`~glm3_mindspore.parallel.ParallelContext`.
+    """
 
     def __init__(
         self,
@@ -101,7 +81,7 @@ class Trainer:
         data_collator: Optional[Callable] = None,
         tokenizer=None,
         callbacks: Optional[List[TrainerCallback]] = None,
-        parallel=None,
+        parallel: Optional[ParallelContext] = None,
     ) -> None:
         self.model = model
         self.args = args
@@ -139,11 +119,17 @@ class Trainer:
                 if hasattr(cell, "compute_dtype"):
                     cell.compute_dtype = compute
         if self.args.gradient_checkpointing:
-            for block in getattr(getattr(getattr(self.model, "transformer", None), "encoder", None), "layers", []):
-                block.recompute()
-        prepare = getattr(self.parallel, "prepare_model", None)
-        if prepare is not None:  # model parallelism: shard strategies and pipeline stages
-            prepare(self.model)
+            for cell in self._recompute_cells():
+                cell.recompute()
+        self.parallel.prepare_model(self.model)  # model parallelism: shard strategies and pipeline stages
+
+    def _recompute_cells(self) -> List[nn.Cell]:
+        """What the model says gradient checkpointing should recompute (its ``recompute_cells()``)."""
+        recompute_cells = getattr(self.model, "recompute_cells", None)
+        if recompute_cells is None:
+            raise ValueError(f"gradient_checkpointing: {type(self.model).__name__} does not say which cells to "
+                             "recompute (it has no recompute_cells() method)")
+        return recompute_cells()
 
     def trainable_parameters(self) -> List:
         return [(name, p) for name, p in self.model.parameters_and_names() if p.requires_grad]
@@ -154,18 +140,16 @@ class Trainer:
         if self.args.fp16 and self.loss_scaler is None:
             self.loss_scaler = DynamicLossScaler(self.args.loss_scale, self.args.loss_scale_factor,
                                                  self.args.loss_scale_window)
+        if self.train_step is None:  # model parallelism: the step is one graph the parallel compiler shards
+            self.train_step = self.parallel.build_train_step(self.model, self.optimizer, self.args,
+                                                             self._strategy_dir(), self.loss_scaler)
         if self.train_step is None:
-            build = getattr(self.parallel, "build_train_step", None)
-            if build is not None:  # model parallelism: the step is one graph the parallel compiler shards
-                self.train_step = build(self.model, self.optimizer, self.args, self._strategy_dir(),
-                                        self.loss_scaler)
-            else:
-                self.train_step = TrainStep(self.model, self.optimizer, self.args.compile, self.parallel.grad_reducer,
-                                            self.args.max_grad_norm, self.loss_scaler)
+            self.train_step = TrainStep(self.model, self.optimizer, self.args.compile, self.parallel.grad_reducer,
+                                        self.args.max_grad_norm, self.loss_scaler)
 
     # ------------------------------------------------------------------- data
     def _batches(self, dataset, batch_size: int, epoch: int, shuffle: bool) -> List[List[int]]:
-        """Global batches of row indices for ``epoch``; deterministic from the seed."""
+        """Global batches of row indices for ``epoch``; deterministic from ``args.seed``."""
         n = len(dataset)
         if self.args.group_by_length and shuffle:
             lengths = [len(row["input_ids"]) for row in dataset]
@@ -359,7 +343,7 @@ class Trainer:
         try:
             for indices in self._batches(dataset, self.args.per_device_eval_batch_size, 0, shuffle=False):
                 batch = self._collate(dataset, indices)
-                tokens = int((batch["labels"][:, 1:] != -100).sum())
+                tokens = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
                 if tokens == 0:
                     continue
                 loss = self._eval_loss(*[Tensor(batch[k].astype(np.int32)) for k in BATCH_KEYS])

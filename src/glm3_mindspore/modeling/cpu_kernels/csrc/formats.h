@@ -133,7 +133,8 @@ inline int i4_at(const uint8_t* row, int64_t k) {
 
 // ---------------------------------------------------------------------------
 // Weight formats. Each has: load(n, k) -> VL unscaled values of row n from k
-// (k a multiple of VL); at(n, k) -> one unscaled value; and its scaling:
+// (k a multiple of VL); at(n, k) -> one unscaled value; address(n, k) -> where
+// value k of row n is stored (for prefetching); and its scaling:
 // kGrouped formats scale each group of `group` values by group_scale(n, g),
 // kRowScaled formats scale a whole row by row_scale(n).
 
@@ -141,6 +142,7 @@ struct DenseF32 {
   static constexpr bool kGrouped = false, kRowScaled = false;
   const float* w; int64_t K;
   vf load(int64_t n, int64_t k) const { return load_f32(w + n * K + k); }
+  const void* address(int64_t n, int64_t k) const { return w + n * K + k; }
   float at(int64_t n, int64_t k) const { return w[n * K + k]; }
   float row_scale(int64_t) const { return 1.f; }
 };
@@ -149,6 +151,7 @@ struct DenseF16 {
   static constexpr bool kGrouped = false, kRowScaled = false;
   const uint16_t* w; int64_t K;
   vf load(int64_t n, int64_t k) const { return load_f16(w + n * K + k); }
+  const void* address(int64_t n, int64_t k) const { return w + n * K + k; }
   float at(int64_t n, int64_t k) const { return f16_to_f32(w[n * K + k]); }
   float row_scale(int64_t) const { return 1.f; }
 };
@@ -157,6 +160,7 @@ struct DenseBF16 {
   static constexpr bool kGrouped = false, kRowScaled = false;
   const uint16_t* w; int64_t K;
   vf load(int64_t n, int64_t k) const { return load_bf16(w + n * K + k); }
+  const void* address(int64_t n, int64_t k) const { return w + n * K + k; }
   float at(int64_t n, int64_t k) const { return bf16_to_f32(w[n * K + k]); }
   float row_scale(int64_t) const { return 1.f; }
 };
@@ -165,6 +169,7 @@ struct Int8Rows {
   static constexpr bool kGrouped = false, kRowScaled = true;
   const int8_t* w; const uint16_t* scale; int64_t K;
   vf load(int64_t n, int64_t k) const { return load_i8(w + n * K + k); }
+  const void* address(int64_t n, int64_t k) const { return w + n * K + k; }
   float at(int64_t n, int64_t k) const { return static_cast<float>(w[n * K + k]); }
   float row_scale(int64_t n) const { return f16_to_f32(scale[n]); }
 };
@@ -173,6 +178,7 @@ struct Int4Rows {
   static constexpr bool kGrouped = true, kRowScaled = false;
   const uint8_t* w; const uint16_t* scale; int64_t K, row_bytes, groups, group;
   vf load(int64_t n, int64_t k) const { return load_i4(w + n * row_bytes + (k >> 1)); }  // k >= 0
+  const void* address(int64_t n, int64_t k) const { return w + n * row_bytes + (k >> 1); }
   float at(int64_t n, int64_t k) const { return static_cast<float>(i4_at(w + n * row_bytes, k)); }
   float group_scale(int64_t n, int64_t g) const { return f16_to_f32(scale[n * groups + g]); }
   float row_scale(int64_t) const { return 1.f; }

@@ -35,6 +35,15 @@ struct Tuning {
 static Tuning tuning;
 
 // ----------------------------------------------------------------- streaming
+// Rows of a weight are short (2-16 KB) and a tile reads a few at a time, too
+// few bytes per stream for the hardware prefetchers to reach full speed
+// (int4 decoding ran at half the memory bound without this): every step also
+// asks for the same place R rows on, what the next tile reads.
+template <int R, class F>
+static inline void prefetch_next_rows(const F& f, int64_t n0, int64_t k) {
+  for (int r = 0; r < R; ++r) __builtin_prefetch(f.address(n0 + R + r, k), 0, 3);
+}
+
 // out[m * ldo + r] += sum_k x[m, k] * w[n0 + r, k] over k in [k0, k1), for MT
 // rows of x (stride K) and R weight rows. k0 is a multiple of the group size.
 template <int MT, int R, class F>
@@ -50,12 +59,14 @@ static inline void stream_tile(const F& f, const float* x, int64_t K, int64_t n0
       if constexpr (MT == 1) {  // scale once per group: one multiply per group instead of per vector
         vf part[R] = {};
         for (int64_t k = g0; k < gv; k += VL) {
+          prefetch_next_rows<R>(f, n0, k);
           const vf xv = load_f32(x + k);
           for (int r = 0; r < R; ++r) part[r] += xv * f.load(n0 + r, k);
         }
         for (int r = 0; r < R; ++r) acc[0][r] += part[r] * s[r];
       } else {
         for (int64_t k = g0; k < gv; k += VL) {
+          prefetch_next_rows<R>(f, n0, k);
           vf wv[R];
           for (int r = 0; r < R; ++r) wv[r] = f.load(n0 + r, k) * s[r];
           for (int m = 0; m < MT; ++m) {
@@ -73,6 +84,7 @@ static inline void stream_tile(const F& f, const float* x, int64_t K, int64_t n0
   } else {
     const int64_t kv = k0 + (k1 - k0) / VL * VL;
     for (int64_t k = k0; k < kv; k += VL) {
+      prefetch_next_rows<R>(f, n0, k);
       vf wv[R];
       for (int r = 0; r < R; ++r) wv[r] = f.load(n0 + r, k);
       for (int m = 0; m < MT; ++m) {
@@ -120,10 +132,11 @@ static inline void stream_rows(const F& f, const float* x, int64_t M, int64_t N,
 
 template <int R, class F>
 static void stream_linear_r(const F& f, const float* x, int64_t M, int64_t N, int64_t K, float* y) {
-  // Several groups of x rows read the same weight rows: walk K in chunks whose
-  // weight rows stay in L1 between the groups, so each weight streams once.
-  int64_t chunk = M <= 4 ? K : 1024;
-  if constexpr (F::kGrouped) chunk = M <= 4 ? K : std::max<int64_t>(f.group, chunk / f.group * f.group);
+  // Several rows of x: walk K in chunks, so that the rows' chunk of x and the
+  // block's chunk of weights stay in L1 between the groups of x rows (each
+  // weight streams from memory once).
+  int64_t chunk = M == 1 ? K : 1024;
+  if constexpr (F::kGrouped) chunk = M == 1 ? K : std::max<int64_t>(f.group, chunk / f.group * f.group);
   const int64_t blocks = N / R;
   parallel_ranges(blocks + (N % R ? 1 : 0), [&](int64_t first, int64_t last) {
     for (int64_t b = first; b < std::min(last, blocks); ++b)
@@ -222,8 +235,10 @@ static inline void int4_tile(const Int4Rows& f, const QuantizedActivations& q, i
       for (int r = 0; r < R; ++r) part[m][r] = _mm256_setzero_ps();
     for (int64_t s = g * spans_per_group; s < (g + 1) * spans_per_group; ++s) {
       for (int r = 0; r < R; ++r) {
+        const uint8_t* row = f.w + (n0 + r) * f.row_bytes + s * 32;
+        __builtin_prefetch(row + R * f.row_bytes, 0, 3);  // as prefetch_next_rows: the next tile's bytes
         const __m256i bytes = _mm256_xor_si256(sign_bits, _mm256_loadu_si256(  // two's complement q -> q + 8
-            reinterpret_cast<const __m256i*>(f.w + (n0 + r) * f.row_bytes + s * 32)));
+            reinterpret_cast<const __m256i*>(row)));
         const __m256i even = _mm256_and_si256(bytes, low_nibbles);
         const __m256i odd = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low_nibbles);
         for (int m = 0; m < MT; ++m) {
