@@ -25,6 +25,7 @@ openai = pytest.importorskip("openai")
 from glm3_mindspore import ChatGLM3ForConditionalGeneration, ChatGLM3Tokenizer  # noqa: E402
 from glm3_mindspore.chat import chat_stop_ids  # noqa: E402
 from glm3_mindspore.data import Turn, conversation_turns, encode_turns, labels_from_loss_masks  # noqa: E402
+from glm3_mindspore.labels import IGNORE_INDEX  # noqa: E402
 from glm3_mindspore.serving import BackgroundServer, ServerSettings  # noqa: E402
 from conftest import TINY  # noqa: E402
 
@@ -88,10 +89,10 @@ def train_to_call_tools(model, tokenizer) -> float:
     rows = tool_conversations(tokenizer)
     width = max(len(ids) for ids, _ in rows)
     ids = np.zeros((len(rows), width), np.int32)
-    labels = np.full((len(rows), width), -100, np.int32)
+    labels = np.full((len(rows), width), IGNORE_INDEX, np.int32)
     for i, (row_ids, row_labels) in enumerate(rows):
         ids[i, :len(row_ids)], labels[i, :len(row_labels)] = row_ids, row_labels
-    rows_at, columns_at = np.nonzero(labels[:, 1:] != -100)  # position i predicts label i + 1
+    rows_at, columns_at = np.nonzero(labels[:, 1:] != IGNORE_INDEX)  # position i predicts label i + 1
     where = ms.Tensor(np.stack((rows_at, columns_at), 1).astype(np.int32))
     targets = ms.Tensor(labels[:, 1:][rows_at, columns_at])
     network = model.transformer
