@@ -26,6 +26,16 @@ def busy_cpu_seconds() -> float:
     return (sum(fields[:8]) - idle) / _CLOCK_TICKS
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used so far (Linux ``/proc``), or NaN elsewhere."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return float("nan")
+    return (float(fields[11]) + float(fields[12])) / _CLOCK_TICKS  # utime, stime (fields 14, 15 of stat)
+
+
 def timed(fn: Callable[[], Any]) -> Tuple[float, float, Any]:
     """``(seconds, other processes' load in cores, result)`` of one call of ``fn``."""
     busy, own, start = busy_cpu_seconds(), time.process_time(), time.perf_counter()

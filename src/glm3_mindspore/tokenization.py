@@ -406,7 +406,7 @@ def conversation_from_openai(
         if entry.get("content") is None:
             entry["content"] = ""
         for call in message.get("tool_calls") or []:
-            history.append(_tool_call_entry(call, f"messages[{i}].tool_calls"))
+            history.append(tool_call_entry(call, f"messages[{i}].tool_calls"))
         if not message.get("tool_calls") or entry["content"]:
             history.append(entry)
     if tools:
@@ -417,7 +417,9 @@ def conversation_from_openai(
     return history
 
 
-def _tool_call_entry(call: Mapping[str, Any], where: str) -> Dict[str, Any]:
+def tool_call_entry(call: Mapping[str, Any], where: str) -> Dict[str, Any]:
+    """An OpenAI tool call (``{"function": {"name", "arguments"}}`` or a legacy ``function_call``) as the
+    assistant turn ChatGLM3 itself writes for it."""
     function = call.get("function", call) if isinstance(call, Mapping) else None
     if not isinstance(function, Mapping) or not isinstance(function.get("name"), str):
         raise TokenizerError(f"{where}: expected {{'function': {{'name': ..., 'arguments': ...}}}}")

@@ -20,6 +20,7 @@ COMMANDS = [
     "evaluate",
     "generate",
     "chat",
+    "serve",
     "tokenize",
     "data",
     "convert",
