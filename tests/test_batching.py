@@ -58,6 +58,30 @@ def test_a_request_joins_a_batch_that_is_decoding_and_both_decode_as_if_alone(mo
     assert head + [e.token_id for e in events] == alone(model, first, 40)
 
 
+def wait_for(batcher, condition, timeout=60.0):
+    """Poll the batcher's stats until ``condition(stats)``; every sample keeps the running rows in the engine."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        stats = batcher.stats()
+        assert stats["running"] <= stats["engine_rows"]
+        if condition(stats):
+            return stats
+        time.sleep(0.001)
+    raise AssertionError(f"not reached in {timeout} s: {batcher.stats()}")
+
+
+def test_a_lone_request_decodes_on_one_row_and_moves_to_the_large_batch_and_back_unchanged(model, batcher):
+    first, second = prompts(2)
+    running = batcher.submit(first, GenerationConfig(max_new_tokens=150, eos_token_id=[-1]))
+    assert wait_for(batcher, lambda s: s["running"] == 1)["engine_rows"] == 1
+    joined = batcher.submit(second, GenerationConfig(max_new_tokens=30, eos_token_id=[-1]))
+    assert wait_for(batcher, lambda s: s["running"] == 2)["engine_rows"] == 8
+    assert tokens_of(joined) == alone(model, second, 30)
+    wait_for(batcher, lambda s: s["engine_rows"] == 1 or s["running"] == 0)
+    assert running.finish_reason is None  # moved back while the first request was still decoding
+    assert tokens_of(running) == alone(model, first, 150)
+
+
 def test_an_eos_token_ends_the_stream_and_frees_the_row(model, batcher):
     prompt = prompts(1)[0]
     expected = alone(model, prompt, 6)

@@ -1,7 +1,14 @@
 """Continuous batching: many requests' token streams from one model and one decoding engine.
 
-A :class:`ContinuousBatcher` owns one :class:`~.engine.DecodingEngine` of
-``max_batch`` rows and one worker thread, which makes every MindSpore call.
+A :class:`ContinuousBatcher` owns two :class:`~.engine.DecodingEngine` s, one
+of a single row and one of ``max_batch`` rows, and one worker thread, which
+makes every MindSpore call. A lone request decodes on the single row: a
+decode step's cost grows with its rows, idle ones included (on a CPU the
+products are several times dearer at eight rows than at one), so one request
+on an eight-row step would pay for seven empty rows. The second request
+moves the running row into the large engine, and when one row is left it
+moves back; a move copies that row's filled cache slots, and both decode
+steps are compiled when the batcher starts.
 Callers on other threads :meth:`~ContinuousBatcher.submit` prompts (token
 ids) with their own :class:`~.config.GenerationConfig` and receive
 :class:`TokenEvent` s, one per generated token.
@@ -130,7 +137,8 @@ class ContinuousBatcher:
         self.compiled = compiled
         self.eos_token_ids = list(eos_token_ids if eos_token_ids is not None else model.config.eos_token_ids)
         self.reserved = model.config.pre_seq_len or 0
-        self.engine: Optional[DecodingEngine] = None
+        self.engines: List[DecodingEngine] = []  # the single row first, then max_batch rows
+        self.engine: Optional[DecodingEngine] = None  # the one decoding now
         self.rows: Dict[int, Row] = {}
         self.steps = 0
         self._waiting: Deque[GenerationHandle] = deque()
@@ -193,14 +201,18 @@ class ContinuousBatcher:
         """Requests decoding and waiting now, and decode steps run so far."""
         with self._wake:
             return {"running": len(self.rows), "waiting": len(self._waiting), "steps": self.steps,
-                    "max_batch": self.max_batch}
+                    "max_batch": self.max_batch, "engine_rows": self.engine.batch if self.engine else 0}
 
     # ------------------------------------------------------------- worker
     def _run(self) -> None:
         try:
             cache_length = round_up(self.max_length + self.reserved, CACHE_BUCKET)
-            self.engine = DecodingEngine(self.model, self.max_batch, cache_length, self.compiled)
             self.model.set_train(False)
+            sizes = sorted({1, self.max_batch})
+            self.engines = [DecodingEngine(self.model, size, cache_length, self.compiled) for size in sizes]
+            for engine in self.engines:
+                self._compile(engine)
+            self.engine = self.engines[0]
         except BaseException as exc:  # reported to start()
             self._start_error = exc
             self._ready.set()
@@ -228,18 +240,34 @@ class ContinuousBatcher:
             if row.handle.cancelled:
                 self._finish(index, FINISH_CANCELLED)
 
+    def _compile(self, engine: DecodingEngine) -> None:
+        """Build an engine's decode step now (all rows masked), not when a request first needs it."""
+        idle = np.zeros((engine.batch, 1), np.int64)
+        engine.decode(idle, idle, idle)
+        self.model.reset_cache(engine.cache)
+
+    def _resize(self, engine: DecodingEngine) -> None:
+        """Move the running rows into ``engine`` (rows keep their order, packed from row 0)."""
+        if engine is self.engine:
+            return
+        moves = [(old, new) for new, old in enumerate(sorted(self.rows))]
+        self.model.reset_cache(engine.cache)
+        engine.cache.move_rows_from(self.engine.cache, moves)
+        with self._wake:
+            self.rows = {new: self.rows[old] for old, new in moves}
+        self.engine = engine
+
     def _admit_one(self) -> None:
         """Prefill the oldest waiting request into a free row (one per step, so no one waits longer)."""
-        free = [r for r in range(self.max_batch) if r not in self.rows]
-        if not free:
-            return
         with self._wake:
             while self._waiting and self._waiting[0].cancelled:
                 self._waiting.popleft().emit(TokenEvent(None, FINISH_CANCELLED))
-            if not self._waiting:
+            if not self._waiting or len(self.rows) >= self.max_batch:
                 return
             handle = self._waiting.popleft()
-        index = free[0]
+        if len(self.rows) >= self.engine.batch:
+            self._resize(self.engines[-1])
+        index = next(r for r in range(self.engine.batch) if r not in self.rows)
         prompt = np.asarray(handle.prompt_ids, np.int64)
         try:
             self.model.reset_cache(self.engine.cache, rows=[index])
@@ -257,10 +285,13 @@ class ContinuousBatcher:
 
     def _decode_step(self) -> None:
         """One token for every running row; idle rows are fed a masked dummy token."""
+        if len(self.rows) <= self.engines[0].batch:
+            self._resize(self.engines[0])
         self._make_room_in_idle_rows()
-        tokens = np.zeros((self.max_batch, 1), np.int64)
-        positions = np.zeros((self.max_batch, 1), np.int64)
-        mask = np.zeros((self.max_batch, 1), np.int64)
+        batch = self.engine.batch
+        tokens = np.zeros((batch, 1), np.int64)
+        positions = np.zeros((batch, 1), np.int64)
+        mask = np.zeros((batch, 1), np.int64)
         for index, row in self.rows.items():
             tokens[index, 0], positions[index, 0], mask[index, 0] = row.next_token, row.position, 1
         try:
@@ -278,7 +309,7 @@ class ContinuousBatcher:
     def _make_room_in_idle_rows(self) -> None:
         """Every step moves every row on a slot: empty the idle rows before they run out of slots."""
         lengths = self.engine.cache.host_lengths
-        full = [r for r in range(self.max_batch) if r not in self.rows and lengths[r] >= self.engine.cache_length]
+        full = [r for r in range(self.engine.batch) if r not in self.rows and lengths[r] >= self.engine.cache_length]
         if full:
             self.model.reset_cache(self.engine.cache, rows=full)
 

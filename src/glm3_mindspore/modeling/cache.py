@@ -139,6 +139,27 @@ class StaticCache(nn.Cell):
         self.host_lengths = other.host_lengths.copy()
         write_parameter(self.lengths, self.host_lengths.astype(np.int32))
 
+    def move_rows_from(self, other: "StaticCache", moves: Sequence[Tuple[int, int]]) -> None:
+        """Take rows of another cache of the same slot count: ``(theirs, mine)`` pairs (a batch resized).
+
+        Only the slots the moved rows have filled are copied; this cache's other rows keep what they hold.
+        """
+        if other.length != self.length:
+            raise ValueError(f"a cache of {other.length} slots cannot move rows into one of {self.length}")
+        if not moves:
+            return
+        theirs, mine = [m[0] for m in moves], [m[1] for m in moves]
+        used = int(other.host_lengths[theirs].max())
+        for dst, src in zip(list(self.key) + list(self.value), list(other.key) + list(other.value)):
+            data = dst.asnumpy().copy()
+            data[mine, :, :used] = src.asnumpy()[theirs, :, :used]
+            write_parameter(dst, data)
+        valid = self.valid.asnumpy().copy()
+        valid[mine] = other.valid.asnumpy()[theirs]
+        write_parameter(self.valid, valid)
+        self.host_lengths[mine] = other.host_lengths[theirs]
+        write_parameter(self.lengths, self.host_lengths.astype(np.int32))
+
     def reorder_rows(self, rows: Tensor) -> Tensor:
         """Beam search: row ``i`` becomes what row ``rows[i]`` holds, in every buffer (compiled)."""
         for i in range(self.num_layers):
