@@ -138,11 +138,16 @@ class ChatChoice(Response):
     logprobs: None = None
 
 
-class ChatCompletion(Response):
+class Envelope(Response):
+    """What every completion object and chunk carries: its id, when it was made, the model."""
+
     id: str
-    object: Literal["chat.completion"] = "chat.completion"
     created: int = Field(default_factory=lambda: int(time.time()))
     model: str
+
+
+class ChatCompletion(Envelope):
+    object: Literal["chat.completion"] = "chat.completion"
     choices: List[ChatChoice]
     usage: Usage
 
@@ -154,11 +159,8 @@ class ChunkChoice(Response):
     logprobs: None = None
 
 
-class ChatCompletionChunk(Response):
-    id: str
+class ChatCompletionChunk(Envelope):
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int = Field(default_factory=lambda: int(time.time()))
-    model: str
     choices: List[ChunkChoice]
     usage: Optional[Usage] = None
 
@@ -170,10 +172,7 @@ class CompletionChoice(Response):
     logprobs: None = None
 
 
-class Completion(Response):
-    id: str
+class Completion(Envelope):
     object: Literal["text_completion"] = "text_completion"
-    created: int = Field(default_factory=lambda: int(time.time()))
-    model: str
     choices: List[CompletionChoice]
     usage: Optional[Usage] = None
