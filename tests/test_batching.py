@@ -72,14 +72,15 @@ def wait_for(batcher, condition, timeout=60.0):
 
 def test_a_lone_request_decodes_on_one_row_and_moves_to_the_large_batch_and_back_unchanged(model, batcher):
     first, second = prompts(2)
-    running = batcher.submit(first, GenerationConfig(max_new_tokens=150, eos_token_id=[-1]))
+    expected_first, expected_second = alone(model, first, 200), alone(model, second, 30)  # before: not racing the batcher
+    running = batcher.submit(first, GenerationConfig(max_new_tokens=200, eos_token_id=[-1]))
     assert wait_for(batcher, lambda s: s["running"] == 1)["engine_rows"] == 1
     joined = batcher.submit(second, GenerationConfig(max_new_tokens=30, eos_token_id=[-1]))
     assert wait_for(batcher, lambda s: s["running"] == 2)["engine_rows"] == 8
-    assert tokens_of(joined) == alone(model, second, 30)
+    assert tokens_of(joined) == expected_second
     wait_for(batcher, lambda s: s["engine_rows"] == 1 or s["running"] == 0)
     assert running.finish_reason is None  # moved back while the first request was still decoding
-    assert tokens_of(running) == alone(model, first, 150)
+    assert tokens_of(running) == expected_first
 
 
 def test_an_eos_token_ends_the_stream_and_frees_the_row(model, batcher):
