@@ -182,15 +182,3 @@ def test_finetune_refuses_to_clobber_an_output_dir(tmp_path, capsys):
     argv = ["finetune", "--config", str(CONFIGS / "tiny" / "run_glm3_tiny_finetune.yaml"), "--set", f"output_dir={out}"]
     assert main(argv) == 1
     assert "already has checkpoints" in capsys.readouterr().err
-
-
-def test_demo_learns_on_a_few_rows(tmp_path):
-    from glm3_mindspore.training.demo import DemoSettings, run_demo
-
-    settings = DemoSettings(output_dir=str(tmp_path / "demo"), train_rows=48, eval_rows=8, epochs=2, batch_size=8,
-                            generation_samples=2, max_new_tokens=8, shown_examples=1)
-    printed = []
-    result = run_demo(settings, echo=printed.append)
-    assert result["after"]["eval_loss"] < result["before"]["eval_loss"] - 0.5
-    assert any(line.startswith("before:") for line in printed) and any("reference:" in line for line in printed)
-    assert (Path(settings.output_dir) / "model.safetensors").is_file()
