@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -19,7 +20,7 @@
 namespace glm3 {
 
 // Runs part(0..parts-1) on the calling thread and parts-1 sleeping workers,
-// one part each, and returns when all are done. One job at a time.
+// one call each, and returns when all are done. One job at a time.
 class WorkerPool {
  public:
   static WorkerPool& instance() {
@@ -78,17 +79,24 @@ class WorkerPool {
   uint64_t generation_ = 0;
 };
 
-// Splits [0, count) into one contiguous range per thread (at most count) and
-// runs range(first, last) for each on the pool.
+// Splits [0, count) into contiguous chunks that the threads take in turn and
+// runs range(first, last) for each. Not one fixed share per thread: a worker
+// that wakes late, or shares its core with another thread (MindSpore's own, a
+// neighbour's), takes fewer chunks, and the call ends when the work does.
 template <typename F>
 inline void parallel_ranges(int64_t count, F range) {
   WorkerPool& pool = WorkerPool::instance();
-  const int parts = static_cast<int>(std::min<int64_t>(pool.parts(), std::max<int64_t>(count, 1)));
-  auto part = [&](int index) {
-    if (index < parts) range(count * index / parts, count * (index + 1) / parts);
-  };
-  if (parts > 1) pool.run(part);
-  else part(0);
+  const int64_t parts = std::min<int64_t>(pool.parts(), std::max<int64_t>(count, 1));
+  if (parts <= 1) {
+    range(0, count);
+    return;
+  }
+  const int64_t chunks = std::min<int64_t>(count, parts * 16);
+  std::atomic<int64_t> next{0};
+  pool.run([&](int) {
+    for (int64_t c; (c = next.fetch_add(1, std::memory_order_relaxed)) < chunks;)
+      range(count * c / chunks, count * (c + 1) / chunks);
+  });
 }
 
 }  // namespace glm3
