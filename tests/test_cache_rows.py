@@ -68,3 +68,15 @@ def test_a_reset_row_starts_a_new_sequence_beside_one_that_goes_on(model, expect
     assert int(again[0].argmax()) == _alone(model, second, 1)[0]
     assert int(logits[0].argmax()) == _alone(model, first, 1)[0]
     assert engine.cache.host_lengths.tolist() == [len(first), 7]
+
+
+def test_a_cache_carried_into_a_longer_one_decodes_on_unchanged(model, expected):
+    """What a conversation does when its next turn outgrows the cache: the rows move into more slots."""
+    prompt = expected["chat_input_ids"][0]
+    short, long = (DecodingEngine(model, batch=1, cache_length=length, compiled=True) for length in (256, 512))
+    logits = short.prefill(prompt[None], np.arange(len(prompt))[None], np.ones((1, len(prompt))))
+    token = np.array([[int(logits[0].argmax())]])
+    position = np.array([[len(prompt)]])
+    long.take_over(short)
+    assert long.cache.host_lengths.tolist() == short.cache.host_lengths.tolist()
+    np.testing.assert_array_equal(long.decode(token, position), short.decode(token, position))

@@ -148,7 +148,7 @@ class DecodingEngine(nn.Cell):
 
     def take_over(self, other: "DecodingEngine") -> None:
         """Carry a smaller engine's cache over (to grow a conversation's cache)."""
-        self.cache.copy_from(other.cache)
+        self.cache.move_rows_from(other.cache, [(row, row) for row in range(other.batch)])
 
 
 class EngineCache:

@@ -126,25 +126,14 @@ class StaticCache(nn.Cell):
             data[:, :, :self.reserved] = values
             write_parameter(buffer, data)  # in place: compiled steps read this storage
 
-    def copy_from(self, other: "StaticCache") -> None:
-        """Take over a smaller cache's rows (to grow a conversation's cache)."""
-        used = int(other.host_lengths.max())
-        for mine, theirs in zip(list(self.key) + list(self.value), list(other.key) + list(other.value)):
-            data = mine.asnumpy().copy()
-            data[:, :, :used] = theirs.asnumpy()[:, :, :used]
-            write_parameter(mine, data)
-        valid = np.zeros((self.batch, self.length), np.int32)
-        valid[:, :used] = other.valid.asnumpy()[:, :used]
-        write_parameter(self.valid, valid)
-        self.host_lengths = other.host_lengths.copy()
-        write_parameter(self.lengths, self.host_lengths.astype(np.int32))
-
     def move_rows_from(self, other: "StaticCache", moves: Sequence[Tuple[int, int]]) -> None:
-        """Take rows of another cache of the same slot count: ``(theirs, mine)`` pairs (a batch resized).
+        """Take rows of another cache with at most as many slots: ``(theirs, mine)`` pairs.
 
-        Only the slots the moved rows have filled are copied; this cache's other rows keep what they hold.
+        A batch resized (same slots, other rows) or a conversation's cache grown
+        (more slots, same rows). Only the slots the moved rows have filled are
+        copied; this cache's other rows keep what they hold.
         """
-        if other.length != self.length:
+        if other.length > self.length:
             raise ValueError(f"a cache of {other.length} slots cannot move rows into one of {self.length}")
         if not moves:
             return
@@ -155,7 +144,8 @@ class StaticCache(nn.Cell):
             data[mine, :, :used] = src.asnumpy()[theirs, :, :used]
             write_parameter(dst, data)
         valid = self.valid.asnumpy().copy()
-        valid[mine] = other.valid.asnumpy()[theirs]
+        valid[mine] = 0
+        valid[mine, :other.length] = other.valid.asnumpy()[theirs]
         write_parameter(self.valid, valid)
         self.host_lengths[mine] = other.host_lengths[theirs]
         write_parameter(self.lengths, self.host_lengths.astype(np.int32))
