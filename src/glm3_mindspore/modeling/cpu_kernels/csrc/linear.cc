@@ -432,24 +432,29 @@ static void blocked_linear(const F& f, const float* x, int64_t M, int64_t N, int
   });
   const int64_t blocks = (N + NC - 1) / NC;
   parallel_ranges(blocks, [&](int64_t first, int64_t last) {
-    std::unique_ptr<float[]> panels(new float[NC * KC]);
-    std::unique_ptr<float[]> rows(new float[NR * KC]);
-    std::unique_ptr<float[]> c(new float[m_padded * NC]);
+    // per thread and kept: a thread takes several chunks of a call, and calls follow each other
+    thread_local std::vector<float> panel_buffer, row_buffer, c_buffer;
+    panel_buffer.resize(NC * KC);
+    row_buffer.resize(NR * KC);
+    c_buffer.resize(m_padded * NC);
+    float* const panels = panel_buffer.data();
+    float* const scratch = row_buffer.data();
+    float* const c = c_buffer.data();
     for (int64_t b = first; b < last; ++b) {
       const int64_t n0 = b * NC, width = std::min(NC, N - n0), npanels = (width + NR - 1) / NR;
-      std::fill(c.get(), c.get() + m_padded * NC, 0.f);
+      std::fill(c, c + m_padded * NC, 0.f);
       for (int64_t k0 = 0; k0 < K; k0 += KC) {
         const int64_t kc = std::min(KC, K - k0);
         for (int64_t p = 0; p < npanels; ++p)
-          pack_weight_panel(f, N, n0 + p * NR, k0, kc, rows.get(), panels.get() + p * kc * NR);
+          pack_weight_panel(f, N, n0 + p * NR, k0, kc, scratch, panels + p * kc * NR);
         const float* xs = packed_x.get() + k0 * m_padded;
         for (int64_t g = 0; g < row_groups; ++g) {
           const int rows = static_cast<int>(std::min<int64_t>(MR, M - g * MR));
           for (int64_t p = 0; p < npanels; ++p)
-            micro_kernel_rows(rows, xs + g * kc * MR, panels.get() + p * kc * NR, c.get() + g * MR * NC + p * NR, NC, kc);
+            micro_kernel_rows(rows, xs + g * kc * MR, panels + p * kc * NR, c + g * MR * NC + p * NR, NC, kc);
         }
       }
-      for (int64_t m = 0; m < M; ++m) std::memcpy(y + m * N + n0, c.get() + m * NC, width * sizeof(float));
+      for (int64_t m = 0; m < M; ++m) std::memcpy(y + m * N + n0, c + m * NC, width * sizeof(float));
     }
   });
 }
