@@ -117,9 +117,11 @@ class SelfAttention(nn.Cell):
                   prefix_kv: Optional[KeyValue] = None) -> Tensor:
         batch, seq, _ = hidden_states.shape
         mixed = self.query_key_value(hidden_states)
-        query, key, value = ops.split(mixed, (self.query_size, self.kv_size, self.kv_size), -1)
-        query = reference_ops.apply_rotary(query.reshape(batch, seq, self.num_heads, self.head_dim), cos, sin)
-        key = reference_ops.apply_rotary(key.reshape(batch, seq, self.num_groups, self.head_dim), cos, sin)
+        heads, value = ops.split(mixed, (self.query_size + self.kv_size, self.kv_size), -1)
+        # query and key heads turn together: one rotary, half the small ops of a step
+        heads = reference_ops.apply_rotary(heads.reshape(batch, seq, self.num_heads + self.num_groups, self.head_dim),
+                                           cos, sin)
+        query, key = ops.split(heads, (self.num_heads, self.num_groups), 2)
         query, key = query.swapaxes(1, 2), key.swapaxes(1, 2)  # [B, H, S, D], [B, G, S, D]
         value = value.reshape(batch, seq, self.num_groups, self.head_dim).swapaxes(1, 2)
         if cache is not None:
