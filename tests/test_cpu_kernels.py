@@ -154,11 +154,12 @@ def test_linear_takes_mindspore_matmul_for_float32_weights_where_it_was_measured
     rows_seen = []
     kernel = layer.kernel
     layer.kernel = lambda x, w: rows_seen.append(x.shape[0]) or kernel(x, w)
-    layer.matmul_from_rows = 4
-    for rows in (2, 5):
+    layer.matmul_one_row, layer.matmul_from_rows = True, 4
+    for rows in (1, 2, 5):
         layer(Tensor(np.ones((rows, 70), np.float32)))
     assert rows_seen == [2]
-    assert Linear(70, 37, dtype=ms.bfloat16).matmul_from_rows == 0  # 16-bit weights: MatMul would widen them
+    bf16 = Linear(70, 37, dtype=ms.bfloat16)  # 16-bit weights: MatMul would widen them
+    assert (bf16.matmul_one_row, bf16.matmul_from_rows) == (False, 0)
 
 
 @needs_kernels
@@ -229,7 +230,7 @@ def test_tuning_is_measured_once_then_read_back(tmp_path, monkeypatch):
     measured = build.load_tuning(path, build.open_library(path))
     stored = path.with_suffix(".tuning.json")
     assert stored.exists() and measured.stream_max_rows >= 1 and measured.rows_per_block_one in (2, 4, 8)
-    assert measured.matmul_from_rows in (0, 1, 8, 32, 128)
+    assert measured.matmul_from_rows in (0, 1, 8, 32, 128) and isinstance(measured.matmul_one_row, bool)
     monkeypatch.setattr(build, "measure_tuning", lambda lib, path: pytest.fail("measured again"))
     assert build.load_tuning(path, build.open_library(path)) == measured
 

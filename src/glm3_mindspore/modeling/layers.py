@@ -30,8 +30,8 @@ class Linear(nn.Cell):
     In inference on CPU the product is our kernel, which reads the weight in
     its stored dtype (no widened copy); in training, without the kernels, and
     for float32 weights where MindSpore's ``MatMul`` was measured faster for
-    that many rows (see :mod:`.cpu_kernels.build`), ``MatMul`` on the weight in
-    the activation dtype.
+    that many rows (one row, decoding, is measured apart; see
+    :mod:`.cpu_kernels.build`), ``MatMul`` on the weight in the activation dtype.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False, dtype=ms.float32) -> None:
@@ -42,9 +42,10 @@ class Linear(nn.Cell):
         self.bias = Parameter(initializer(Zero(), (out_features,), dtype), name="bias") if bias else None
         self.matmul = ops.MatMul(transpose_b=True)
         self.kernel = cpu_kernels.linear("dense")  # None off CPU or without a C++ compiler
-        # float32 weights: from this many rows MindSpore's MatMul was measured faster on this machine
-        tuning = cpu_kernels.tuning()
-        self.matmul_from_rows = tuning.matmul_from_rows if tuning is not None and dtype == ms.float32 else 0
+        # float32 weights: where MindSpore's MatMul was measured faster on this machine (one row; from this many)
+        tuning = cpu_kernels.tuning() if dtype == ms.float32 else None
+        self.matmul_one_row = tuning is not None and tuning.matmul_one_row
+        self.matmul_from_rows = tuning.matmul_from_rows if tuning is not None else 0
 
     def construct(self, x: Tensor) -> Tensor:
         shape = x.shape
@@ -57,7 +58,9 @@ class Linear(nn.Cell):
 
     def uses_kernel(self, rows: int) -> bool:
         """Our kernel for inference products of ``rows`` rows (a constant of a compiled graph)."""
-        return self.kernel is not None and not 0 < self.matmul_from_rows <= rows
+        if self.kernel is None or (rows == 1 and self.matmul_one_row):
+            return False
+        return not 0 < self.matmul_from_rows <= rows
 
     def extend_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"

@@ -101,6 +101,7 @@ class Tuning:
     stream_max_rows: int = 8      # x rows up to which weights stream (decoding) rather than the blocked product
     rows_per_block_one: int = 4   # weight rows a tile reads together when x has one row
     matmul_from_rows: int = 0     # float32 weights: from this many x rows MindSpore's MatMul is faster (0: never)
+    matmul_one_row: bool = False  # float32 weights, one row of x (decoding): MindSpore's MatMul is faster
 
 
 def open_library(path: Path) -> ctypes.CDLL:
@@ -150,32 +151,41 @@ def measure_tuning(lib: ctypes.CDLL, path: Path, repeats: int = 5) -> Tuning:
             break
         stream_max = rows
     lib.glm3_configure(stream_max, best_rows)
+    products = float32_products(path)
     tuning = Tuning(stream_max_rows=stream_max, rows_per_block_one=best_rows,
-                    matmul_from_rows=matmul_crossover(path, repeats))
+                    matmul_from_rows=matmul_crossover(products, repeats), matmul_one_row=matmul_decodes_faster(products))
     lib.glm3_configure(tuning.stream_max_rows, tuning.rows_per_block_one)
     return tuning
 
 
-def matmul_crossover(path: Path, repeats: int, rows=(1, 8, 32, 128)) -> int:
-    """The fewest rows of x from which MindSpore's ``MatMul`` beats our kernel on a float32 weight (0: never).
-
-    MatMul must win clearly at that count and at every larger one measured: a
-    single win between two losses is taken for noise.
-    """
+def float32_products(path: Path):
+    """``(ours, MindSpore's MatMul)``: ``x W^T`` of a float32 weight, each in a compiled graph as the model runs it."""
     import mindspore as ms
-    import numpy as np
-    from mindspore import Tensor, ops
+    from mindspore import ops
 
     ours = ops.Custom(f"{path}:LinearDense", out_shape=lambda x, w: (x[0], w[0]), out_dtype=lambda x, w: x,
                       func_type="aot")
     theirs = ops.MatMul(transpose_b=True)
-    weight = Tensor(np.random.default_rng(0).standard_normal((8192, 4096), dtype=np.float32))
 
     def compiled(op):
         def product(a, b):
             return op(a, b)
 
         return ms.jit(product)
+
+    return compiled(ours), compiled(theirs)
+
+
+def matmul_crossover(products, repeats: int, rows=(1, 8, 32, 128)) -> int:
+    """The fewest rows of x from which MindSpore's ``MatMul`` beats our kernel on a float32 weight (0: never).
+
+    MatMul must win clearly at that count and at every larger one measured: a
+    single win between two losses is taken for noise.
+    """
+    import numpy as np
+    from mindspore import Tensor
+
+    weight = Tensor(np.random.default_rng(0).standard_normal((8192, 4096), dtype=np.float32))
 
     def fastest(run, x) -> float:
         run(x, weight).asnumpy()  # compiles
@@ -186,7 +196,7 @@ def matmul_crossover(path: Path, repeats: int, rows=(1, 8, 32, 128)) -> int:
             times.append(time.perf_counter() - start)
         return min(times)
 
-    ours_run, theirs_run = compiled(ours), compiled(theirs)
+    ours_run, theirs_run = products
     wins = []
     for count in rows:
         x = Tensor(np.ones((count, 4096), np.float32))
@@ -197,13 +207,42 @@ def matmul_crossover(path: Path, repeats: int, rows=(1, 8, 32, 128)) -> int:
     return 0
 
 
+def matmul_decodes_faster(products, rounds: int = 5) -> bool:
+    """Whether MindSpore's ``MatMul`` multiplies one row of x by float32 weights faster than our kernel.
+
+    As in decoding, every weight is read once per pass: passes go over
+    several weights larger together than the caches (one weight timed again
+    and again would partly sit in them). MatMul must win clearly in nearly
+    every one of the interleaved rounds.
+    """
+    import numpy as np
+    from mindspore import Tensor
+
+    rng = np.random.default_rng(0)
+    weights = [Tensor(rng.standard_normal((4096, 4096), dtype=np.float32)) for _ in range(4)]
+    x = Tensor(np.ones((1, 4096), np.float32))
+
+    def one_pass(run) -> float:
+        start = time.perf_counter()
+        for weight in weights:
+            run(x, weight).asnumpy()
+        return time.perf_counter() - start
+
+    ours_run, theirs_run = products
+    one_pass(ours_run), one_pass(theirs_run)  # compile
+    wins = sum(one_pass(theirs_run) < 0.97 * one_pass(ours_run) for _ in range(rounds))
+    return wins >= rounds - 1
+
+
 def load_tuning(library: Path, lib: ctypes.CDLL) -> Tuning:
     """The library's stored tuning, measured now if there is none (or ``GLM3_CPU_KERNELS_RETUNE=1``)."""
     stored = library.with_suffix(".tuning.json")
     tuning = None
     if stored.exists() and os.environ.get("GLM3_CPU_KERNELS_RETUNE", "0") != "1":
         try:
-            tuning = Tuning(**json.loads(stored.read_text(encoding="utf-8")))
+            stored_choices = json.loads(stored.read_text(encoding="utf-8"))
+            # a choice added since the file was written is measured (with the others) now
+            tuning = Tuning(**stored_choices) if set(stored_choices) == set(asdict(Tuning())) else None
         except (ValueError, TypeError):
             tuning = None
     if tuning is None:
