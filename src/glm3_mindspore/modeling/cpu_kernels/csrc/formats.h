@@ -134,11 +134,13 @@ inline int i4_at(const uint8_t* row, int64_t k) {
 // ---------------------------------------------------------------------------
 // Weight formats. Each has: load(n, k) -> VL unscaled values of row n from k
 // (k a multiple of VL); at(n, k) -> one unscaled value; address(n, k) -> where
-// value k of row n is stored (for prefetching); and its scaling:
+// value k of row n is stored (for prefetching; the ungrouped formats also say
+// how many values a cache line holds, kPerLine); and its scaling:
 // kGrouped formats scale each group of `group` values by group_scale(n, g),
 // kRowScaled formats scale a whole row by row_scale(n).
 
 struct DenseF32 {
+  static constexpr int64_t kPerLine = 16;  // values in a 64-byte cache line
   static constexpr bool kGrouped = false, kRowScaled = false;
   const float* w; int64_t K;
   vf load(int64_t n, int64_t k) const { return load_f32(w + n * K + k); }
@@ -148,6 +150,7 @@ struct DenseF32 {
 };
 
 struct DenseF16 {
+  static constexpr int64_t kPerLine = 32;  // values in a 64-byte cache line
   static constexpr bool kGrouped = false, kRowScaled = false;
   const uint16_t* w; int64_t K;
   vf load(int64_t n, int64_t k) const { return load_f16(w + n * K + k); }
@@ -157,6 +160,7 @@ struct DenseF16 {
 };
 
 struct DenseBF16 {
+  static constexpr int64_t kPerLine = 32;  // values in a 64-byte cache line
   static constexpr bool kGrouped = false, kRowScaled = false;
   const uint16_t* w; int64_t K;
   vf load(int64_t n, int64_t k) const { return load_bf16(w + n * K + k); }
@@ -166,6 +170,7 @@ struct DenseBF16 {
 };
 
 struct Int8Rows {
+  static constexpr int64_t kPerLine = 64;  // values in a 64-byte cache line
   static constexpr bool kGrouped = false, kRowScaled = true;
   const int8_t* w; const uint16_t* scale; int64_t K;
   vf load(int64_t n, int64_t k) const { return load_i8(w + n * K + k); }

@@ -4,7 +4,8 @@
 // Two paths, chosen by the number of rows M of x:
 //   streaming (M <= stream_max_rows, decoding): every weight row is read
 //     once per call from memory and multiplied with all M rows of x while it
-//     is in registers or L1; the speed is the rate at which weights stream.
+//     is in registers or L1; for one row the speed is the rate at which
+//     weights stream, from two rows on the FMA rate of a register tile.
 //   blocked (larger M, prompts): panels of W are converted to fp32 in a
 //     per-thread buffer that stays in L2 and multiplied with packed panels of
 //     x by a register-blocked micro-kernel; the speed is the FMA rate.
@@ -147,8 +148,74 @@ static void stream_linear_r(const F& f, const float* x, int64_t M, int64_t N, in
   });
 }
 
+// Several rows of x on an ungrouped format. The product is bound by the FMA
+// rate, not by memory, so the tile is shaped for the registers: MT rows of x
+// by R weight rows (4 x 3, or 2 x 4 for two rows: at most 12 accumulators, the
+// weight vectors and the x vector in 16 registers), each x vector loaded once
+// for the R products, and one prefetch per cache line of the next tile's rows
+// (one per vector, as the one-row tile does, takes load slots the products
+// need). Each tile walks all of K: the rows of x stay in L2 and the weight
+// rows stream end to end. Grouped formats (int4 without the int8-activation
+// product) keep the one-row tiles above, in blocks of 2-4 rows.
+template <int MT, int R, class F>
+static inline void many_rows_tile(const F& f, const float* x, int64_t K, int64_t n0, float* y, int64_t N) {
+  vf acc[MT][R] = {};
+  const int64_t kv = K / VL * VL;
+  for (int64_t k = 0; k < kv; k += VL) {
+    if (k % F::kPerLine == 0)
+      for (int r = 0; r < R; ++r) __builtin_prefetch(f.address(n0 + R + r, k), 0, 3);
+    vf wv[R];
+    for (int r = 0; r < R; ++r) wv[r] = f.load(n0 + r, k);
+    for (int m = 0; m < MT; ++m) {
+      vf xv = load_f32(x + m * K + k);
+#if defined(__x86_64__) && ((GLM3_VL == 8 && defined(__AVX__)) || defined(__AVX512F__))
+      __asm__("" : "+v"(xv));  // one register for the R products: GCC would fold a load into each
+#endif
+      for (int r = 0; r < R; ++r) acc[m][r] += xv * wv[r];
+    }
+  }
+  for (int m = 0; m < MT; ++m)
+    for (int r = 0; r < R; ++r) {
+      float s = sum_lanes(acc[m][r]);
+      for (int64_t k = kv; k < K; ++k) s += x[m * K + k] * f.at(n0 + r, k);
+      y[m * N + n0 + r] = s * f.row_scale(n0 + r);
+    }
+}
+
+// All M rows of x against weight rows [n0, n0 + R): four rows of x at a time.
+template <int R, class F>
+static inline void many_rows_block(const F& f, const float* x, int64_t M, int64_t N, int64_t K, int64_t n0, float* y) {
+  int64_t m = 0;
+  for (; m + 4 <= M; m += 4) many_rows_tile<4, R>(f, x + m * K, K, n0, y + m * N, N);
+  switch (M - m) {
+    case 3: many_rows_tile<3, R>(f, x + m * K, K, n0, y + m * N, N); break;
+    case 2: many_rows_tile<2, R>(f, x + m * K, K, n0, y + m * N, N); break;
+    case 1: many_rows_tile<1, R>(f, x + m * K, K, n0, y + m * N, N); break;
+    default: break;
+  }
+}
+
+template <int R, class F>
+static void many_rows_linear_r(const F& f, const float* x, int64_t M, int64_t N, int64_t K, float* y) {
+  const int64_t blocks = N / R;
+  parallel_ranges(blocks + (N % R ? 1 : 0), [&](int64_t first, int64_t last) {
+    for (int64_t b = first; b < std::min(last, blocks); ++b) many_rows_block<R>(f, x, M, N, K, b * R, y);
+    if (last > blocks)  // the rows that do not fill a block
+      for (int64_t n = blocks * R; n < N; ++n) many_rows_block<1>(f, x, M, N, K, n, y);
+  });
+}
+
+template <class F>
+static void many_rows_linear(const F& f, const float* x, int64_t M, int64_t N, int64_t K, float* y) {
+  if (M == 2) many_rows_linear_r<4>(f, x, M, N, K, y);
+  else many_rows_linear_r<3>(f, x, M, N, K, y);
+}
+
 template <class F>
 static void stream_linear(const F& f, const float* x, int64_t M, int64_t N, int64_t K, float* y) {
+  if constexpr (!F::kGrouped) {
+    if (M > 1) return many_rows_linear(f, x, M, N, K, y);
+  }
   std::fill(y, y + M * N, 0.f);
   const int rows = M == 1 ? tuning.rows_per_block_one : 4;
   if (rows == 8) stream_linear_r<8>(f, x, M, N, K, y);
