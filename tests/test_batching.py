@@ -10,7 +10,8 @@ import pytest
 
 from glm3_mindspore import ChatGLM3ForConditionalGeneration
 from glm3_mindspore.generation import GenerationConfig, PromptTooLongError
-from glm3_mindspore.generation.batching import FINISH_CANCELLED, FINISH_LENGTH, FINISH_STOP, ContinuousBatcher
+from glm3_mindspore.generation.batching import (FINISH_CANCELLED, FINISH_LENGTH, FINISH_STOP, ContinuousBatcher,
+                                                engine_sizes)
 from conftest import TINY
 
 NO_EOS = GenerationConfig(max_new_tokens=10, eos_token_id=[-1])  # -1: no token ends the stream
@@ -70,17 +71,37 @@ def wait_for(batcher, condition, timeout=60.0):
     raise AssertionError(f"not reached in {timeout} s: {batcher.stats()}")
 
 
-def test_a_lone_request_decodes_on_one_row_and_moves_to_the_large_batch_and_back_unchanged(model, batcher):
+def test_engine_sizes_are_one_row_max_batch_and_its_halves_down_to_four():
+    assert engine_sizes(8) == [1, 4, 8]
+    assert engine_sizes(16) == [1, 4, 8, 16]
+    assert engine_sizes(6) == [1, 6]
+    assert engine_sizes(1) == [1]
+
+
+def test_a_lone_request_decodes_on_one_row_and_moves_to_a_larger_engine_and_back_unchanged(model, batcher):
     first, second = prompts(2)
     expected_first, expected_second = alone(model, first, 200), alone(model, second, 30)  # before: not racing the batcher
     running = batcher.submit(first, GenerationConfig(max_new_tokens=200, eos_token_id=[-1]))
     assert wait_for(batcher, lambda s: s["running"] == 1)["engine_rows"] == 1
     joined = batcher.submit(second, GenerationConfig(max_new_tokens=30, eos_token_id=[-1]))
-    assert wait_for(batcher, lambda s: s["running"] == 2)["engine_rows"] == 8
+    assert wait_for(batcher, lambda s: s["running"] == 2)["engine_rows"] == 4  # the smallest engine for two rows
     assert tokens_of(joined) == expected_second
     wait_for(batcher, lambda s: s["engine_rows"] == 1 or s["running"] == 0)
     assert running.finish_reason is None  # moved back while the first request was still decoding
     assert tokens_of(running) == expected_first
+
+
+def test_rows_move_up_to_the_full_engine_and_down_to_the_half_one_as_requests_come_and_go(model, batcher):
+    many = prompts(6)
+    expected_long = [alone(model, p, 180) for p in many[:2]]  # before: not racing the batcher
+    expected_short = [alone(model, p, 10) for p in many[2:]]
+    long_runs = [batcher.submit(p, GenerationConfig(max_new_tokens=180, eos_token_id=[-1])) for p in many[:2]]
+    short_runs = [batcher.submit(p, NO_EOS) for p in many[2:]]
+    assert wait_for(batcher, lambda s: s["running"] == 6)["engine_rows"] == 8
+    assert [tokens_of(h) for h in short_runs] == expected_short
+    wait_for(batcher, lambda s: s["engine_rows"] == 4 or s["running"] == 0)
+    assert all(h.finish_reason is None for h in long_runs)  # the two long requests moved down while decoding
+    assert [tokens_of(h) for h in long_runs] == expected_long
 
 
 def test_an_eos_token_ends_the_stream_and_frees_the_row(model, batcher):

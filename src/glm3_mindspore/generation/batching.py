@@ -1,14 +1,17 @@
 """Continuous batching: many requests' token streams from one model and one decoding engine.
 
-A :class:`ContinuousBatcher` owns two :class:`~.engine.DecodingEngine` s, one
-of a single row and one of ``max_batch`` rows, and one worker thread, which
-makes every MindSpore call. A lone request decodes on the single row: a
-decode step's cost grows with its rows, idle ones included (on a CPU the
-products are several times dearer at eight rows than at one), so one request
-on an eight-row step would pay for seven empty rows. The second request
-moves the running row into the large engine, and when one row is left it
-moves back; a move copies that row's filled cache slots, and both decode
-steps are compiled when the batcher starts.
+A :class:`ContinuousBatcher` owns a few :class:`~.engine.DecodingEngine` s
+(:func:`engine_sizes`: one row, ``max_batch`` rows, and halves of
+``max_batch`` down to four) and one worker thread, which makes every
+MindSpore call. The running rows decode on the smallest engine that holds
+them: a decode step's cost grows with its rows, idle ones included (on a CPU
+the products are bound by memory for one row of x and by arithmetic from a
+few rows on), so one request on an eight-row step would pay for seven empty
+rows. A
+newcomer that does not fit moves the running rows into the next larger
+engine, and when rows finish they move down again; a move copies those rows'
+filled cache slots, and every engine's decode step is compiled when the
+batcher starts.
 Callers on other threads :meth:`~ContinuousBatcher.submit` prompts (token
 ids) with their own :class:`~.config.GenerationConfig` and receive
 :class:`TokenEvent` s, one per generated token.
@@ -52,6 +55,20 @@ FINISH_CANCELLED = "cancelled"  # the caller cancelled (disconnect, stop string)
 FINISH_ERROR = "error"  # the model failed on this request; the message says how
 
 IDLE_WAIT_SECONDS = 0.5  # how long an idle worker sleeps before it looks at its stop flag again
+
+
+def engine_sizes(max_batch: int) -> List[int]:
+    """Rows of the batcher's engines, smallest first: 1, ``max_batch`` and its halves down to 4 (8 -> 1, 4, 8).
+
+    Each engine holds a KV cache of its rows, so the sizes double rather than
+    count up by one: the cache memory stays under twice ``max_batch`` rows.
+    """
+    sizes = {1, max_batch}
+    size = max_batch // 2
+    while size >= 4:
+        sizes.add(size)
+        size //= 2
+    return sorted(sizes)
 
 
 @dataclass(frozen=True)
@@ -137,7 +154,7 @@ class ContinuousBatcher:
         self.compiled = compiled
         self.eos_token_ids = list(eos_token_ids if eos_token_ids is not None else model.config.eos_token_ids)
         self.reserved = model.config.pre_seq_len or 0
-        self.engines: List[DecodingEngine] = []  # the single row first, then max_batch rows
+        self.engines: List[DecodingEngine] = []  # by rows, smallest first (engine_sizes)
         self.engine: Optional[DecodingEngine] = None  # the one decoding now
         self.rows: Dict[int, Row] = {}
         self.steps = 0
@@ -208,8 +225,8 @@ class ContinuousBatcher:
         try:
             cache_length = round_up(self.max_length + self.reserved, CACHE_BUCKET)
             self.model.set_train(False)
-            sizes = sorted({1, self.max_batch})
-            self.engines = [DecodingEngine(self.model, size, cache_length, self.compiled) for size in sizes]
+            self.engines = [DecodingEngine(self.model, size, cache_length, self.compiled)
+                            for size in engine_sizes(self.max_batch)]
             for engine in self.engines:
                 self._compile(engine)
             self.engine = self.engines[0]
@@ -246,6 +263,10 @@ class ContinuousBatcher:
         engine.decode(idle, idle, idle)
         self.model.reset_cache(engine.cache)
 
+    def _engine_for(self, rows: int) -> DecodingEngine:
+        """The smallest engine with at least ``rows`` rows."""
+        return next(engine for engine in self.engines if engine.batch >= rows)
+
     def _resize(self, engine: DecodingEngine) -> None:
         """Move the running rows into ``engine`` (rows keep their order, packed from row 0)."""
         if engine is self.engine:
@@ -266,7 +287,7 @@ class ContinuousBatcher:
                 return
             handle = self._waiting.popleft()
         if len(self.rows) >= self.engine.batch:
-            self._resize(self.engines[-1])
+            self._resize(self._engine_for(len(self.rows) + 1))
         index = next(r for r in range(self.engine.batch) if r not in self.rows)
         prompt = np.asarray(handle.prompt_ids, np.int64)
         try:
@@ -285,8 +306,7 @@ class ContinuousBatcher:
 
     def _decode_step(self) -> None:
         """One token for every running row; idle rows are fed a masked dummy token."""
-        if len(self.rows) <= self.engines[0].batch:
-            self._resize(self.engines[0])
+        self._resize(self._engine_for(len(self.rows)))
         self._make_room_in_idle_rows()
         batch = self.engine.batch
         tokens = np.zeros((batch, 1), np.int64)
