@@ -34,6 +34,7 @@ import json
 import os
 import statistics
 import sys
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -181,7 +182,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="bench_train-"))
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    reports = [bench_config(name, args, work) for name in args.configs.split(",")]
+    try:
+        reports = [bench_config(name, args, work) for name in args.configs.split(",")]
+    finally:
+        if not args.work_dir:  # the default folder holds 2 GB of checkpoints a run: not left behind
+            shutil.rmtree(work, ignore_errors=True)
     print(table(reports))
     print(f"\n(fp32, median of {args.steps} steps after {args.warmup} warm-up; ratio = torch step time / ours; "
           f"run took {time.perf_counter() - started:.0f} s)")

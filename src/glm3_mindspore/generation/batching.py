@@ -7,11 +7,10 @@ MindSpore call. The running rows decode on the smallest engine that holds
 them: a decode step's cost grows with its rows, idle ones included (on a CPU
 the products are bound by memory for one row of x and by arithmetic from a
 few rows on), so one request on an eight-row step would pay for seven empty
-rows. A
-newcomer that does not fit moves the running rows into the next larger
-engine, and when rows finish they move down again; a move copies those rows'
-filled cache slots, and every engine's decode step is compiled when the
-batcher starts.
+rows. A newcomer that does not fit moves the running rows into the next
+larger engine, and when rows finish they move down again; a move copies
+those rows' filled cache slots, and every engine's decode step is compiled
+when the batcher starts.
 Callers on other threads :meth:`~ContinuousBatcher.submit` prompts (token
 ids) with their own :class:`~.config.GenerationConfig` and receive
 :class:`TokenEvent` s, one per generated token.
