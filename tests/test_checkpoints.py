@@ -439,3 +439,12 @@ def test_safetensors_files_round_trip_with_the_reference_package(tmp_path):
         for copy in (read_there[name], read_here[name]):
             assert copy.dtype == array.dtype and copy.shape == array.shape, name
             np.testing.assert_array_equal(copy, array, err_msg=name)
+
+
+def test_transformers_dtype_spellings_choose_the_parameter_dtype_and_conflicts_are_refused():
+    for spelling in ("dtype", "torch_dtype", "ms_dtype"):
+        model = ChatGLM3ForConditionalGeneration.from_pretrained(TINY, progress=False, **{spelling: "bfloat16"})
+        assert model.param_dtype == ms.bfloat16, spelling
+        assert "dtype" not in model.config.to_dict()  # not kept as a config override
+    with pytest.raises(ValueError, match="conflicting parameter dtypes: dtype='float16', ms_dtype='bfloat16'"):
+        ChatGLM3ForConditionalGeneration.from_pretrained(TINY, progress=False, ms_dtype="bfloat16", dtype="float16")

@@ -57,6 +57,17 @@ def resolve_dtype(dtype: Any, default=ms.float32):
     raise ValueError(f"unsupported parameter dtype {dtype}; use float32, float16 or bfloat16")
 
 
+def dtype_argument(ms_dtype: Any, kwargs: Dict[str, Any]) -> Any:
+    """``ms_dtype``, or transformers' ``dtype`` / ``torch_dtype`` popped from ``kwargs`` (not config overrides)."""
+    given = {name: kwargs.pop(name) for name in ("dtype", "torch_dtype") if name in kwargs}
+    if ms_dtype is not None:
+        given["ms_dtype"] = ms_dtype
+    if len({str(value) for value in given.values()}) > 1:
+        raise ValueError(f"conflicting parameter dtypes: {', '.join(f'{k}={v!r}' for k, v in given.items())}; "
+                         "pass one of ms_dtype, dtype, torch_dtype")
+    return next(iter(given.values()), None)
+
+
 def default_compute_dtype(param_dtype, quantized: bool = False):
     """Compute in the parameter dtype, except on CPU for bf16 (no bf16 matmul) and quantized models: fp32.
 
@@ -191,7 +202,8 @@ class ChatGLM3PreTrainedModel(nn.Cell):
         ``.safetensors`` or ``.bin``; its config is ``config.json`` beside it, else
         ChatGLM3-6B's (pass ``config=`` for another model). ``ms_dtype``: parameter
         dtype (``float32`` default as in Hugging Face; ``"auto"`` takes the
-        checkpoint's ``torch_dtype``, the default for quantized models). Other
+        checkpoint's ``torch_dtype``, the default for quantized models; ``dtype=``
+        and ``torch_dtype=``, as transformers spells it, mean the same). Other
         keyword arguments override config fields (e.g. ``seq_length=4096``,
         ``pre_seq_len=128``); ``quantization_bit=8`` or ``4`` (upstream's field, also
         read from ``config.json``) quantizes the linear layers tensor by tensor while
@@ -209,6 +221,7 @@ class ChatGLM3PreTrainedModel(nn.Cell):
         from .. import checkpoints
 
         options = HubOptions.pop_from(kwargs)
+        ms_dtype = dtype_argument(ms_dtype, kwargs)
         if isinstance(kwargs.get("quantization_config"), QuantizationConfig):
             kwargs["quantization_config"] = kwargs["quantization_config"].to_dict()
         if config is None:
