@@ -1,6 +1,5 @@
 """Our CPU kernels: every weight format exact against float64 on both product paths, used where they should be, built safely."""
 
-import dataclasses
 import logging
 import os
 import shutil
@@ -161,17 +160,7 @@ def test_linear_takes_mindspore_matmul_for_float32_weights_where_ours_was_not_me
     assert rows_seen == [2]
     bf16 = Linear(70, 37, dtype=ms.bfloat16)  # 16-bit weights: MatMul would widen them
     assert (bf16.matmul_one_row, bf16.matmul_from_rows) == (False, 0)
-
-
-@needs_kernels
-def test_float32_one_row_products_take_matmul_unless_the_tuning_found_ours_faster():
-    measured = cpu_kernels.tuning()
-    try:
-        for ours_faster in (False, True):
-            cpu_kernels.configure(dataclasses.replace(measured, kernel_one_row=ours_faster))
-            assert Linear(70, 37).matmul_one_row is not ours_faster
-    finally:
-        cpu_kernels.configure(measured)
+    assert Linear(70, 37).matmul_one_row  # float32, one row (decoding): always MatMul
 
 
 @needs_kernels
@@ -242,7 +231,7 @@ def test_tuning_is_measured_once_then_read_back(tmp_path, monkeypatch):
     measured = build.load_tuning(path, build.open_library(path))
     stored = path.with_suffix(".tuning.json")
     assert stored.exists() and measured.stream_max_rows >= 1 and measured.rows_per_block_one in (2, 4, 8)
-    assert measured.matmul_from_rows in (0, 1, 8, 32, 128) and isinstance(measured.kernel_one_row, bool)
+    assert measured.matmul_from_rows in (0, 1, 8, 32, 128)
     monkeypatch.setattr(build, "measure_tuning", lambda lib, path: pytest.fail("measured again"))
     assert build.load_tuning(path, build.open_library(path)) == measured
 

@@ -29,10 +29,11 @@ class Linear(nn.Cell):
 
     In inference on CPU the product is our kernel, which reads the weight in
     its stored dtype (no widened copy); in training, without the kernels, and
-    for float32 weights where MindSpore's ``MatMul`` is as fast for that many
-    rows (one row, decoding: unless ours was measured clearly faster; from
-    the measured crossover on; see :mod:`.cpu_kernels.build`), ``MatMul`` on
-    the weight in the activation dtype.
+    for float32 weights with one row of x (decoding) or from the measured
+    crossover on (:mod:`.cpu_kernels.build`), ``MatMul`` on the weight in the
+    activation dtype. Float32 is the one format MatMul reads itself, and
+    whole decode steps ran faster with it even where ours won alone, so a
+    timing of the product alone cannot decide the one-row case.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False, dtype=ms.float32) -> None:
@@ -43,9 +44,9 @@ class Linear(nn.Cell):
         self.bias = Parameter(initializer(Zero(), (out_features,), dtype), name="bias") if bias else None
         self.matmul = ops.MatMul(transpose_b=True)
         self.kernel = cpu_kernels.linear("dense")  # None off CPU or without a C++ compiler
-        # float32 weights: MatMul for one row unless ours was measured clearly faster, and from this many rows
+        # float32 weights: MatMul for one row, and from the measured crossover on
         tuning = cpu_kernels.tuning() if dtype == ms.float32 else None
-        self.matmul_one_row = tuning is not None and not tuning.kernel_one_row
+        self.matmul_one_row = tuning is not None
         self.matmul_from_rows = tuning.matmul_from_rows if tuning is not None else 0
 
     def construct(self, x: Tensor) -> Tensor:

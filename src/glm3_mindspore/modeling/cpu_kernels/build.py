@@ -10,7 +10,7 @@ Right after a build, :func:`measure_tuning` times the few choices where no
 single value is best on every CPU (the number of rows up to which streaming
 the weights beats the blocked product, weight rows per tile for one row,
 and from how many rows MindSpore's own ``MatMul`` beats ours on float32
-weights) and stores them beside the library; every process then sets them
+weights; for one row it always takes them, see :class:`~..layers.Linear`) and stores them beside the library; every process then sets them
 before the kernels run.
 """
 
@@ -101,7 +101,6 @@ class Tuning:
     stream_max_rows: int = 8      # x rows up to which weights stream (decoding) rather than the blocked product
     rows_per_block_one: int = 4   # weight rows a tile reads together when x has one row
     matmul_from_rows: int = 0     # float32 weights: from this many x rows MindSpore's MatMul is faster (0: never)
-    kernel_one_row: bool = False  # float32 weights, one row of x (decoding): ours clearly faster than MatMul
 
 
 def open_library(path: Path) -> ctypes.CDLL:
@@ -153,7 +152,7 @@ def measure_tuning(lib: ctypes.CDLL, path: Path, repeats: int = 5) -> Tuning:
     lib.glm3_configure(stream_max, best_rows)
     products = float32_products(path)
     tuning = Tuning(stream_max_rows=stream_max, rows_per_block_one=best_rows,
-                    matmul_from_rows=matmul_crossover(products, repeats), kernel_one_row=kernel_decodes_faster(products))
+                    matmul_from_rows=matmul_crossover(products, repeats))
     lib.glm3_configure(tuning.stream_max_rows, tuning.rows_per_block_one)
     return tuning
 
@@ -205,36 +204,6 @@ def matmul_crossover(products, repeats: int, rows=(1, 8, 32, 128)) -> int:
         if all(wins[i:]):
             return count
     return 0
-
-
-def kernel_decodes_faster(products, rounds: int = 5) -> bool:
-    """Whether our kernel multiplies one row of x by float32 weights clearly faster than MindSpore's ``MatMul``.
-
-    MatMul is the default here: a float32 weight is the one format it reads
-    itself, and a decode step bound by memory gains nothing from ours unless
-    it streams faster. Timed as decoding reads weights (each once per pass,
-    several weights larger together than the caches: one weight timed again
-    and again would partly sit in them); ours must win by 5% in nearly every
-    one of the interleaved rounds. A tie keeps MatMul: timed alone the two
-    can tie while whole decode steps run slower with ours.
-    """
-    import numpy as np
-    from mindspore import Tensor
-
-    rng = np.random.default_rng(0)
-    weights = [Tensor(rng.standard_normal((4096, 4096), dtype=np.float32)) for _ in range(4)]
-    x = Tensor(np.ones((1, 4096), np.float32))
-
-    def one_pass(run) -> float:
-        start = time.perf_counter()
-        for weight in weights:
-            run(x, weight).asnumpy()
-        return time.perf_counter() - start
-
-    ours_run, theirs_run = products
-    one_pass(ours_run), one_pass(theirs_run)  # compile
-    wins = sum(one_pass(ours_run) < 0.95 * one_pass(theirs_run) for _ in range(rounds))
-    return wins >= rounds - 1
 
 
 def load_tuning(library: Path, lib: ctypes.CDLL) -> Tuning:
