@@ -10,8 +10,10 @@ import pytest
 
 from glm3_mindspore import ChatGLM3ForConditionalGeneration
 from glm3_mindspore.generation import GenerationConfig, PromptTooLongError
+from glm3_mindspore.generation import batching
 from glm3_mindspore.generation.batching import (FINISH_CANCELLED, FINISH_LENGTH, FINISH_STOP, ContinuousBatcher,
                                                 engine_sizes)
+from glm3_mindspore.generation.engine import DecodingEngine
 from conftest import TINY
 
 NO_EOS = GenerationConfig(max_new_tokens=10, eos_token_id=[-1])  # -1: no token ends the stream
@@ -57,6 +59,34 @@ def test_a_request_joins_a_batch_that_is_decoding_and_both_decode_as_if_alone(mo
     joined = batcher.submit(second, NO_EOS)
     assert tokens_of(joined) == alone(model, second, 10)
     assert head + [e.token_id for e in events] == alone(model, first, 40)
+
+
+@pytest.mark.parametrize("budget", [batching.ADMIT_TOKENS, 64])
+def test_waiting_requests_are_prefilled_together_within_the_token_budget_and_decode_as_if_alone(
+        model, monkeypatch, budget):
+    expected = [alone(model, p, 10) for p in prompts(8)]
+    passes = []
+    prefill = DecodingEngine.prefill
+
+    def recorded(engine, ids, positions, mask, rows=None):
+        passes.append(ids.shape)
+        return prefill(engine, ids, positions, mask, rows=rows)
+
+    monkeypatch.setattr(DecodingEngine, "prefill", recorded)
+    monkeypatch.setattr(batching, "ADMIT_TOKENS", budget)
+    batcher = ContinuousBatcher(model, max_batch=8, max_length=256)
+    handles = [batcher.submit(p, NO_EOS) for p in prompts(8)]  # queued before the worker starts: one burst
+    batcher.start()
+    try:
+        replies = [tokens_of(h) for h in handles]
+    finally:
+        batcher.close()
+    assert replies == expected  # left-padded together, each as alone
+    assert sum(rows for rows, _ in passes) == 8
+    assert all(rows == 1 or rows * width <= budget for rows, width in passes)
+    # prompts of 22, 24, ..., 36 tokens: all eight fit 512 padded tokens in one pass; 64 hold two
+    # (2 x 24, 2 x 28, 2 x 32), then the last two one at a time (2 x 36 > 64)
+    assert [rows for rows, _ in passes] == ([8] if budget > 64 else [2, 2, 2, 1, 1])
 
 
 def wait_for(batcher, condition, timeout=60.0):

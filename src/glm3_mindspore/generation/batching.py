@@ -15,13 +15,19 @@ Callers on other threads :meth:`~ContinuousBatcher.submit` prompts (token
 ids) with their own :class:`~.config.GenerationConfig` and receive
 :class:`TokenEvent` s, one per generated token.
 
-The worker alternates: admit at most one waiting request (reset a free row,
-prefill its prompt op by op into that row alone), then run one compiled
-decode step for every row (idle rows are masked). So a newcomer joins the
-running batch at the next step, and the others wait at most one prefill for
-it. A request that finishes (an eos id, its ``max_new_tokens``, the model
-length) or is cancelled (its client left, a stop string matched) gives its
-row back before the next step.
+The worker alternates: admit waiting requests (reset free rows, prefill
+their prompts op by op into those rows together, left-padded as a batch),
+then run one compiled decode step for every row (idle rows are masked). One
+admission takes the oldest waiting request and, while the padded prompts
+stay within :data:`ADMIT_TOKENS`, the next ones: prompts are bound by
+arithmetic on a CPU, and several in one pass pack each weight once and pay
+the per-op costs once, so a burst of newcomers costs less than their
+prefills one by one, while the running rows never wait longer than one
+prefill of that many tokens (or of one longer prompt, admitted alone). So a
+newcomer joins the running batch at the next step. A request that finishes
+(an eos id, its ``max_new_tokens``, the model length) or is cancelled (its
+client left, a stop string matched) gives its row back before the next
+step.
 
 Each row decodes exactly as it would alone: rows of the cache are
 independent (``tests/test_cache_rows.py``) and token choice runs per row with
@@ -41,7 +47,7 @@ from typing import Callable, Deque, Dict, List, Optional, Sequence
 import numpy as np
 
 from .config import GenerationConfig
-from .engine import CACHE_BUCKET, DecodingEngine, DecodingModel, round_up
+from .engine import CACHE_BUCKET, PROMPT_CHUNK, DecodingEngine, DecodingModel, round_up
 from .generate import PromptTooLongError
 from .logits import choose_tokens, process_scores
 
@@ -54,6 +60,7 @@ FINISH_CANCELLED = "cancelled"  # the caller cancelled (disconnect, stop string)
 FINISH_ERROR = "error"  # the model failed on this request; the message says how
 
 IDLE_WAIT_SECONDS = 0.5  # how long an idle worker sleeps before it looks at its stop flag again
+ADMIT_TOKENS = PROMPT_CHUNK  # padded prompt tokens one admission prefills together (one prompt may be longer)
 
 
 def engine_sizes(max_batch: int) -> List[int]:
@@ -237,7 +244,7 @@ class ContinuousBatcher:
         try:
             while self._next_request_or_stop():
                 self._free_cancelled_rows()
-                self._admit_one()
+                self._admit()
                 if self.rows:
                     self._decode_step()
         finally:
@@ -277,31 +284,50 @@ class ContinuousBatcher:
             self.rows = {new: self.rows[old] for old, new in moves}
         self.engine = engine
 
-    def _admit_one(self) -> None:
-        """Prefill the oldest waiting request into a free row (one per step, so no one waits longer)."""
-        with self._wake:
-            while self._waiting and self._waiting[0].cancelled:
-                self._waiting.popleft().emit(TokenEvent(None, FINISH_CANCELLED))
-            if not self._waiting or len(self.rows) >= self.max_batch:
-                return
-            handle = self._waiting.popleft()
-        if len(self.rows) >= self.engine.batch:
-            self._resize(self._engine_for(len(self.rows) + 1))
-        index = next(r for r in range(self.engine.batch) if r not in self.rows)
-        prompt = np.asarray(handle.prompt_ids, np.int64)
-        try:
-            self.model.reset_cache(self.engine.cache, rows=[index])
-            logits = self.engine.prefill(prompt[None], np.arange(len(prompt))[None], np.ones((1, len(prompt))),
-                                         rows=[index])
-        except Exception as exc:  # this request failed; the others go on
-            logger.exception("prefill failed")
-            handle.emit(TokenEvent(None, FINISH_ERROR, f"{type(exc).__name__}: {exc}"))
+    def _admit(self) -> None:
+        """Prefill the oldest waiting requests into free rows in one pass (see the module docstring)."""
+        newcomers = self._take_newcomers()
+        if not newcomers:
             return
-        rng = np.random.default_rng(handle.config.seed) if handle.config.do_sample else None
-        row = Row(handle, next_token=0, position=len(prompt), sequence=list(handle.prompt_ids), rng=rng)
+        if len(self.rows) + len(newcomers) > self.engine.batch:
+            self._resize(self._engine_for(len(self.rows) + len(newcomers)))
+        indices = [r for r in range(self.engine.batch) if r not in self.rows][:len(newcomers)]
+        width = max(len(handle.prompt_ids) for handle in newcomers)
+        ids, positions, mask = (np.zeros((len(newcomers), width), np.int64) for _ in range(3))
+        for i, handle in enumerate(newcomers):  # left padding; positions count from 0 at each prompt's start
+            length = len(handle.prompt_ids)
+            ids[i, width - length:] = handle.prompt_ids
+            positions[i, width - length:] = np.arange(length)
+            mask[i, width - length:] = 1
+        try:
+            self.model.reset_cache(self.engine.cache, rows=indices)
+            logits = self.engine.prefill(ids, positions, mask, rows=indices)
+        except Exception as exc:  # these requests failed; the others go on
+            logger.exception("prefill failed")
+            for handle in newcomers:
+                handle.emit(TokenEvent(None, FINISH_ERROR, f"{type(exc).__name__}: {exc}"))
+            return
+        for i, (index, handle) in enumerate(zip(indices, newcomers)):
+            rng = np.random.default_rng(handle.config.seed) if handle.config.do_sample else None
+            row = Row(handle, next_token=0, position=len(handle.prompt_ids), sequence=list(handle.prompt_ids), rng=rng)
+            with self._wake:
+                self.rows[index] = row
+            self._take_token(index, logits[i])
+
+    def _take_newcomers(self) -> List[GenerationHandle]:
+        """The oldest waiting requests that fit the free rows and, padded together, :data:`ADMIT_TOKENS`."""
+        newcomers: List[GenerationHandle] = []
         with self._wake:
-            self.rows[index] = row
-        self._take_token(index, logits[0])
+            while self._waiting and len(self.rows) + len(newcomers) < self.max_batch:
+                handle = self._waiting[0]
+                if handle.cancelled:
+                    self._waiting.popleft().emit(TokenEvent(None, FINISH_CANCELLED))
+                    continue
+                width = max([len(handle.prompt_ids)] + [len(h.prompt_ids) for h in newcomers])
+                if newcomers and width * (len(newcomers) + 1) > ADMIT_TOKENS:
+                    break
+                newcomers.append(self._waiting.popleft())
+        return newcomers
 
     def _decode_step(self) -> None:
         """One token for every running row; idle rows are fed a masked dummy token."""
