@@ -47,7 +47,7 @@ from typing import Callable, Deque, Dict, List, Optional, Sequence
 import numpy as np
 
 from .config import GenerationConfig
-from .engine import CACHE_BUCKET, PROMPT_CHUNK, DecodingEngine, DecodingModel, round_up
+from .engine import CACHE_BUCKET, PROMPT_CHUNK, DecodingEngine, DecodingModel, positions_from_mask, round_up
 from .generate import PromptTooLongError
 from .logits import choose_tokens, process_scores
 
@@ -293,15 +293,13 @@ class ContinuousBatcher:
             self._resize(self._engine_for(len(self.rows) + len(newcomers)))
         indices = [r for r in range(self.engine.batch) if r not in self.rows][:len(newcomers)]
         width = max(len(handle.prompt_ids) for handle in newcomers)
-        ids, positions, mask = (np.zeros((len(newcomers), width), np.int64) for _ in range(3))
-        for i, handle in enumerate(newcomers):  # left padding; positions count from 0 at each prompt's start
-            length = len(handle.prompt_ids)
-            ids[i, width - length:] = handle.prompt_ids
-            positions[i, width - length:] = np.arange(length)
-            mask[i, width - length:] = 1
+        ids, mask = np.zeros((len(newcomers), width), np.int64), np.zeros((len(newcomers), width), np.int64)
+        for i, handle in enumerate(newcomers):  # left padding
+            ids[i, width - len(handle.prompt_ids):] = handle.prompt_ids
+            mask[i, width - len(handle.prompt_ids):] = 1
         try:
             self.model.reset_cache(self.engine.cache, rows=indices)
-            logits = self.engine.prefill(ids, positions, mask, rows=indices)
+            logits = self.engine.prefill(ids, positions_from_mask(mask), mask, rows=indices)
         except Exception as exc:  # these requests failed; the others go on
             logger.exception("prefill failed")
             for handle in newcomers:
@@ -317,13 +315,14 @@ class ContinuousBatcher:
     def _take_newcomers(self) -> List[GenerationHandle]:
         """The oldest waiting requests that fit the free rows and, padded together, :data:`ADMIT_TOKENS`."""
         newcomers: List[GenerationHandle] = []
+        width = 0  # the longest prompt taken so far
         with self._wake:
             while self._waiting and len(self.rows) + len(newcomers) < self.max_batch:
                 handle = self._waiting[0]
                 if handle.cancelled:
                     self._waiting.popleft().emit(TokenEvent(None, FINISH_CANCELLED))
                     continue
-                width = max([len(handle.prompt_ids)] + [len(h.prompt_ids) for h in newcomers])
+                width = max(width, len(handle.prompt_ids))
                 if newcomers and width * (len(newcomers) + 1) > ADMIT_TOKENS:
                     break
                 newcomers.append(self._waiting.popleft())

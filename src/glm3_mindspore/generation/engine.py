@@ -62,6 +62,11 @@ class DecodingModel(Protocol):
     def inference_widens_weights(self) -> bool: ...
 
 
+def positions_from_mask(mask: np.ndarray) -> np.ndarray:
+    """Position ids of left-padded rows ``[R, S]``: 0, 1, ... from each row's first real token, padding 0."""
+    return np.maximum(np.cumsum(mask, axis=1) - 1, 0)
+
+
 def round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 

@@ -22,7 +22,7 @@ from ..parameter_io import numpy_dtype
 from ..runtime import op_by_op
 from .beam_search import beam_search
 from .config import GenerationConfig, GenerationConfigError
-from .engine import CACHE_BUCKET, DecodingEngine, EngineCache, round_up
+from .engine import CACHE_BUCKET, DecodingEngine, EngineCache, positions_from_mask, round_up
 from .logits import choose_tokens, process_scores
 
 logger = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ class GenerationMixin:
             raise ValueError(f"attention_mask has shape {mask.shape}, input_ids {prompt.shape}")
         past_tokens = past.past_tokens if past is not None else 0
         positions = (_as_2d_int(position_ids, "position_ids") if position_ids is not None
-                     else np.maximum(np.cumsum(mask, axis=1) - 1, 0)) + (0 if position_ids is not None else past_tokens)
+                     else positions_from_mask(mask)) + (0 if position_ids is not None else past_tokens)
         prompt, mask, positions, max_new = self._fit_prompt(prompt, mask, positions, config, truncate_prompt)
         if max_new == 0:  # nothing to generate: the prompt, as Hugging Face returns it
             if streamer is not None:
@@ -233,7 +233,7 @@ class GenerationMixin:
                                                            over_seq_length))
             keep = _truncated_columns(prompt, overflow, getattr(self, "prompt_prefix_ids", ()))
             prompt, mask = prompt[:, keep], mask[:, keep]
-            positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
+            positions = positions_from_mask(mask)
             first_position = int(positions[:, -1].max()) + 1
             logger.warning("prompt truncated by %d tokens to fit", overflow)
         max_new = config.max_new_tokens if config.max_new_tokens is not None else config.max_length - prompt.shape[1]
