@@ -31,6 +31,16 @@ namespace glm3 {
 constexpr int VL = GLM3_VL;
 static_assert(VL == 8 || VL == 16, "GLM3_VL must be 8 or 16");
 
+// Whole 512-bit vectors: the widening loads below and the 8-row tile of the
+// products. A macro, because the preprocessor cannot read VL (a constexpr:
+// "#if VL == 16" is always false, which once compiled AVX-512 hosts' 16-bit
+// and int8 loads as pairs of 256-bit halves through the stack, 4x slower).
+#if GLM3_VL == 16 && defined(__AVX512F__)
+#define GLM3_AVX512 1
+#else
+#define GLM3_AVX512 0
+#endif
+
 typedef float vf __attribute__((vector_size(4 * VL)));
 typedef int32_t vi __attribute__((vector_size(4 * VL)));
 typedef uint32_t vu __attribute__((vector_size(4 * VL)));
@@ -54,7 +64,7 @@ inline float bf16_to_f32(uint16_t bits) { uint32_t u = static_cast<uint32_t>(bit
 inline vf load_f16(const uint16_t* p) {
 #if defined(__F16C__)
   vf out;
-#if VL == 16 && defined(__AVX512F__)
+#if GLM3_AVX512
   __m512 v = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
   std::memcpy(&out, &v, sizeof out);
 #else
@@ -74,7 +84,7 @@ inline vf load_f16(const uint16_t* p) {
 inline vf load_bf16(const uint16_t* p) {  // bf16 is the top half of an fp32
 #if defined(__AVX2__)  // one widening load per 8 lanes (GCC's generic code takes three shuffles)
   vu bits;
-#if VL == 16 && defined(__AVX512F__)
+#if GLM3_AVX512
   __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
   std::memcpy(&bits, &wide, sizeof bits);
 #else
@@ -94,7 +104,7 @@ inline vf load_bf16(const uint16_t* p) {  // bf16 is the top half of an fp32
 inline vf load_i8(const int8_t* p) {
 #if defined(__AVX2__)  // GCC widens a byte vector lane by lane; the sign-extending load does it at once
   vi v;
-#if VL == 16 && defined(__AVX512F__)
+#if GLM3_AVX512
   __m512i wide = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
   std::memcpy(&v, &wide, sizeof v);
 #else

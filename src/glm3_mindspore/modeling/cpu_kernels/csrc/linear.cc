@@ -151,7 +151,8 @@ static void stream_linear_r(const F& f, const float* x, int64_t M, int64_t N, in
 // Several rows of x on an ungrouped format. The product is bound by the FMA
 // rate, not by memory, so the tile is shaped for the registers: MT rows of x
 // by R weight rows (4 x 3, or 2 x 4 for two rows: at most 12 accumulators, the
-// weight vectors and the x vector in 16 registers), each x vector loaded once
+// weight vectors and the x vector in 16 registers; 8 x 3 in AVX-512's 32,
+// see TILE_ROWS), each x vector loaded once
 // for the R products, and one prefetch per cache line of the next tile's rows
 // (one per vector, as the one-row tile does, takes load slots the products
 // need). Each tile walks all of K: the rows of x stay in L2 and the weight
@@ -182,10 +183,21 @@ static inline void many_rows_tile(const F& f, const float* x, int64_t K, int64_t
     }
 }
 
-// All M rows of x against weight rows [n0, n0 + R): four rows of x at a time.
+// Rows of x a many-row tile takes: with AVX-512's 32 registers, 8 x 3
+// accumulators fit beside the weight and x vectors, so each weight vector is
+// converted once for eight rows; 16 registers hold a 4 x 3 tile.
+#if GLM3_AVX512
+constexpr int TILE_ROWS = 8;
+#else
+constexpr int TILE_ROWS = 4;
+#endif
+
+// All M rows of x against weight rows [n0, n0 + R): TILE_ROWS rows of x at a time.
 template <int R, class F>
 static inline void many_rows_block(const F& f, const float* x, int64_t M, int64_t N, int64_t K, int64_t n0, float* y) {
   int64_t m = 0;
+  if constexpr (TILE_ROWS == 8)
+    for (; m + 8 <= M; m += 8) many_rows_tile<8, R>(f, x + m * K, K, n0, y + m * N, N);
   for (; m + 4 <= M; m += 4) many_rows_tile<4, R>(f, x + m * K, K, n0, y + m * N, N);
   switch (M - m) {
     case 3: many_rows_tile<3, R>(f, x + m * K, K, n0, y + m * N, N); break;
@@ -610,6 +622,7 @@ extern "C" int LinearInt4(int nparam, void** params, int* ndims, int64_t** shape
 
 // ------------------------------------------------------------ tuning (ctypes)
 extern "C" int glm3_vector_lanes() { return VL; }
+extern "C" int glm3_avx512() { return GLM3_AVX512; }  // whole 512-bit loads and tiles compiled in
 
 extern "C" void glm3_configure(int stream_max_rows, int rows_per_block_one) {
   tuning.stream_max_rows = std::max(0, stream_max_rows);
