@@ -54,9 +54,9 @@ def make_config(name: str):
 def weight_shapes(config) -> Dict[str, Tuple[int, ...]]:
     """Hub names and shapes of the weights, from a model whose parameters are never materialized."""
     from glm3_mindspore.modeling import ChatGLM3ForConditionalGeneration
-    from glm3_mindspore.modeling.pretrained import _uninitialized_parameters
+    from glm3_mindspore.modeling.pretrained import uninitialized_parameters
 
-    with _uninitialized_parameters():
+    with uninitialized_parameters():
         model = ChatGLM3ForConditionalGeneration(config, dtype="float16")
     shapes = {name: tuple(p.shape) for name, p in model.parameters_and_names()}
     shapes["transformer.rotary_pos_emb.inv_freq"] = (config.kv_channels // 4,)  # as upstream checkpoints carry it
