@@ -200,6 +200,29 @@ def test_row_gather_copies_table_rows_exactly_and_refuses_unknown_ids(dtype):
 
 
 @needs_kernels
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "pynative"])
+@pytest.mark.parametrize("x_dtype,w_dtype", [(ms.float32, ms.float32), (ms.float32, ms.bfloat16),
+                                             (ms.float16, ms.float16), (ms.bfloat16, ms.bfloat16)])
+def test_rms_norm_kernel_matches_the_portable_norm(compiled, x_dtype, w_dtype):
+    """The inference norm (one op of ours) against reference_ops.rms_norm: a few rows as in decoding,
+    many as in a prompt (split over the threads), and a width that is no multiple of the vectors."""
+    from glm3_mindspore.modeling import reference_ops
+
+    op = cpu_kernels.rms_norm()
+    rng = np.random.default_rng(5)
+    for shape in ((1, 1, 4096), (3, 2, 70), (2, 300, 512)):
+        x = Tensor(rng.standard_normal(shape).astype(np.float32) * 3).astype(x_dtype)
+        weight = Tensor(rng.standard_normal(shape[-1]).astype(np.float32)).astype(w_dtype)
+        eps = Tensor([1e-5], ms.float32)
+        out = _compiled(op, x, weight, eps) if compiled else op(x, weight, eps)
+        reference = reference_ops.rms_norm(x, weight, 1e-5)
+        assert out.dtype == x_dtype and out.shape == shape
+        got, want = (t.astype(ms.float32).asnumpy() for t in (out, reference))
+        tolerance = {ms.float32: 1e-5, ms.float16: 2e-3, ms.bfloat16: 1.6e-2}[x_dtype]
+        np.testing.assert_allclose(got, want, rtol=tolerance, atol=tolerance * np.abs(want).max())
+
+
+@needs_kernels
 def test_bf16_embeddings_are_looked_up_inside_the_decode_graph(expected):
     model = ChatGLM3ForConditionalGeneration.from_pretrained(TINY, ms_dtype="bfloat16")
     embedding = model.transformer.embedding.word_embeddings

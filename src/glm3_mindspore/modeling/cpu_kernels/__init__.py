@@ -9,6 +9,7 @@ widened copy of a weight is ever made, for decoding or for prompts. They are
 ahead-of-time ``ops.Custom`` ops, so they sit inside compiled graphs like any
 other op.
 
+Besides the products: the embedding lookup of bfloat16 tables and RMSNorm.
 Used on CPU and in inference; training keeps MindSpore's ops. Without a C++
 compiler, or with ``GLM3_CPU_KERNELS=0``, the factories below return None and
 layers fall back to MindSpore's ops (slower; 16-bit and quantized weights are
@@ -29,7 +30,7 @@ from ...runtime import device_target
 from .build import KernelBuildError, Tuning, build_library, cache_dir, find_compiler, load_tuning, open_library
 
 __all__ = ["KernelBuildError", "SWITCH", "Tuning", "available", "configure", "gather_rows", "library", "linear",
-           "reset", "tuning"]
+           "reset", "rms_norm", "tuning"]
 
 logger = logging.getLogger(__name__)
 
@@ -123,3 +124,16 @@ def gather_rows() -> Optional[ops.Custom]:
     return ops.Custom(f"{path}:GatherRows", out_shape=lambda table, ids: tuple(ids) + (table[1],),
                       out_dtype=lambda table, ids: table, func_type="aot")
 
+
+
+def rms_norm() -> Optional[ops.Custom]:
+    """``(x [..., H], weight [H], eps float32 [1]) -> RMSNorm(x)`` in x's dtype (no gradient), or None.
+
+    One op for what the portable version spreads over eight small ones
+    (:func:`..reference_ops.rms_norm`, whose numerics it follows).
+    """
+    path = library()
+    if path is None:
+        return None
+    return ops.Custom(f"{path}:RmsNorm", out_shape=lambda x, weight, eps: x, out_dtype=lambda x, weight, eps: x,
+                      func_type="aot")
