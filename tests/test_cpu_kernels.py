@@ -223,6 +223,24 @@ def test_rms_norm_kernel_matches_the_portable_norm(compiled, x_dtype, w_dtype):
 
 
 @needs_kernels
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "pynative"])
+@pytest.mark.parametrize("dtype", [ms.float32, ms.float16, ms.bfloat16])
+def test_swiglu_kernel_matches_silu_of_gate_times_up(compiled, dtype):
+    """The inference MLP activation (one op of ours) against the portable split, SiLU and product."""
+    op = cpu_kernels.swiglu()
+    rng = np.random.default_rng(6)
+    for shape in ((1, 1, 2 * 13696), (3, 2, 2 * 35), (2, 300, 2 * 256)):
+        x = Tensor(rng.standard_normal(shape).astype(np.float32) * 4).astype(dtype)
+        out = _compiled(op, x) if compiled else op(x)
+        assert out.dtype == dtype and out.shape == shape[:-1] + (shape[-1] // 2,)
+        gate, up = np.split(x.astype(ms.float32).asnumpy().astype(np.float64), 2, -1)
+        want = gate / (1 + np.exp(-gate)) * up
+        tolerance = {ms.float32: 1e-5, ms.float16: 1e-3, ms.bfloat16: 8e-3}[dtype]
+        np.testing.assert_allclose(out.astype(ms.float32).asnumpy(), want, rtol=tolerance,
+                                   atol=tolerance * np.abs(want).max())
+
+
+@needs_kernels
 def test_bf16_embeddings_are_looked_up_inside_the_decode_graph(expected):
     model = ChatGLM3ForConditionalGeneration.from_pretrained(TINY, ms_dtype="bfloat16")
     embedding = model.transformer.embedding.word_embeddings

@@ -9,7 +9,7 @@ widened copy of a weight is ever made, for decoding or for prompts. They are
 ahead-of-time ``ops.Custom`` ops, so they sit inside compiled graphs like any
 other op.
 
-Besides the products: the embedding lookup of bfloat16 tables and RMSNorm.
+Besides the products: the embedding lookup of bfloat16 tables, RMSNorm and SwiGLU.
 Used on CPU and in inference; training keeps MindSpore's ops. Without a C++
 compiler, or with ``GLM3_CPU_KERNELS=0``, the factories below return None and
 layers fall back to MindSpore's ops (slower; 16-bit and quantized weights are
@@ -30,7 +30,7 @@ from ...runtime import device_target
 from .build import KernelBuildError, Tuning, build_library, cache_dir, find_compiler, load_tuning, open_library
 
 __all__ = ["KernelBuildError", "SWITCH", "Tuning", "available", "configure", "gather_rows", "library", "linear",
-           "reset", "rms_norm", "tuning"]
+           "reset", "rms_norm", "swiglu", "tuning"]
 
 logger = logging.getLogger(__name__)
 
@@ -136,4 +136,16 @@ def rms_norm() -> Optional[ops.Custom]:
     if path is None:
         return None
     return ops.Custom(f"{path}:RmsNorm", out_shape=lambda x, weight, eps: x, out_dtype=lambda x, weight, eps: x,
+                      func_type="aot")
+
+
+def swiglu() -> Optional[ops.Custom]:
+    """``x [..., 2F] -> silu(x[..., :F]) * x[..., F:]`` in x's dtype (no gradient), or None.
+
+    The MLP's activation in one op instead of a split, a SiLU and a product.
+    """
+    path = library()
+    if path is None:
+        return None
+    return ops.Custom(f"{path}:SwiGlu", out_shape=lambda x: tuple(x[:-1]) + (x[-1] // 2,), out_dtype=lambda x: x,
                       func_type="aot")

@@ -60,6 +60,12 @@ inline float sum_lanes(vf v) {
 inline float f16_to_f32(uint16_t bits) { _Float16 h; std::memcpy(&h, &bits, 2); return static_cast<float>(h); }
 inline uint16_t f32_to_f16(float v) { _Float16 h = static_cast<_Float16>(v); uint16_t bits; std::memcpy(&bits, &h, 2); return bits; }
 inline float bf16_to_f32(uint16_t bits) { uint32_t u = static_cast<uint32_t>(bits) << 16; float f; std::memcpy(&f, &u, 4); return f; }
+inline uint16_t f32_to_bf16(float v) {  // round to nearest even, as MindSpore's cast does; NaN stays NaN
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  if ((u & 0x7F800000u) == 0x7F800000u) return static_cast<uint16_t>((u >> 16) | ((u & 0xFFFFu) ? 0x40u : 0u));
+  return static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
 
 inline vf load_f16(const uint16_t* p) {
 #if defined(__F16C__)
