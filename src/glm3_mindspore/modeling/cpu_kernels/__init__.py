@@ -125,7 +125,6 @@ def gather_rows() -> Optional[ops.Custom]:
                       out_dtype=lambda table, ids: table, func_type="aot")
 
 
-
 def rms_norm() -> Optional[ops.Custom]:
     """``(x [..., H], weight [H], eps float32 [1]) -> RMSNorm(x)`` in x's dtype (no gradient), or None.
 
