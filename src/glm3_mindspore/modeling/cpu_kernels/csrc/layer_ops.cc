@@ -93,11 +93,13 @@ extern "C" int RmsNorm(int nparam, void** params, int* ndims, int64_t** shapes, 
   const Act type = act_type(dtypes[0]), w_type = act_type(dtypes[1]);
   if (type == Act::Unknown || w_type == Act::Unknown || std::strcmp(dtypes[2], "float32") != 0) return 2;
   const int64_t rows = leading_rows(ndims[0], shapes[0]);
-  std::vector<float> w(H);
-  for (int64_t k = 0; k < H; ++k) w[k] = load_value(params[1], w_type, k);
+  thread_local std::vector<float> w32;  // kept between calls: every norm of every step comes through here
+  w32.resize(H);
+  for (int64_t k = 0; k < H; ++k) w32[k] = load_value(params[1], w_type, k);
+  const float* w = w32.data();  // the workers' own thread_local copies are not this one
   const float eps = *static_cast<const float*>(params[2]);
   over_rows(rows, rows * H, [&](int64_t first, int64_t last) {
-    norm_rows(params[0], type, w.data(), eps, first, last, H, params[3]);
+    norm_rows(params[0], type, w, eps, first, last, H, params[3]);
   });
   return 0;
 }
