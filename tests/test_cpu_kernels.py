@@ -341,3 +341,65 @@ def test_without_a_compiler_quantized_layers_dequantize_with_mindspore_ops(no_co
     x = np.random.default_rng(10).standard_normal((3, 70)).astype(np.float32)
     reference = x.astype(np.float64) @ dequantize(bits, q, scale, 70).astype(np.float64).T
     assert np.abs(layer(Tensor(x)).asnumpy() - reference).max() <= 2e-6 * np.abs(reference).max()
+
+
+def _rotate(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """Upstream's interleaved rotary on ``x [..., D]`` with ``cos``/``sin`` ``[..., half]`` (float64)."""
+    half = cos.shape[-1]
+    out = x.copy()
+    x0, x1 = x[..., 0:2 * half:2], x[..., 1:2 * half:2]
+    out[..., 0:2 * half:2] = x0 * cos - x1 * sin
+    out[..., 1:2 * half:2] = x1 * cos + x0 * sin
+    return out
+
+
+@needs_kernels
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "pynative"])
+@pytest.mark.parametrize("act_dtype,cache_dtype", [(ms.float32, ms.float32), (ms.float16, ms.float16),
+                                                   (ms.float32, ms.bfloat16)])
+def test_cached_attention_kernel_writes_turned_keys_and_attends_as_the_bias_allows(compiled, act_dtype, cache_dtype):
+    """Rotary + cache write + grouped attention in one op, against a float64 numpy reference: one token per
+    row (decoding) and several (a prompt chunk), a subset of the cache's rows, fewer readable slots than the
+    cache holds, a head size that is no multiple of the vectors, and a query that may read no slot."""
+    from mindspore import Parameter
+
+    op = cpu_kernels.cached_attention()
+    rng = np.random.default_rng(9)
+    for B, R, S, H, G, D, half, L, K in ((2, 2, 1, 8, 2, 128, 32, 40, 40), (3, 2, 5, 4, 2, 24, 6, 16, 12)):
+        key_cache = rng.standard_normal((B, G, L, D)).astype(np.float32)
+        value_cache = rng.standard_normal((B, G, L, D)).astype(np.float32)
+        keys = Parameter(Tensor(key_cache).astype(cache_dtype), name="k", requires_grad=False)
+        values = Parameter(Tensor(value_cache).astype(cache_dtype), name="v", requires_grad=False)
+        key_cache, value_cache = (p.astype(ms.float32).asnumpy().astype(np.float64) for p in (keys, values))
+        mixed = Tensor(rng.standard_normal((R, S, (H + 2 * G) * D)).astype(np.float32)).astype(act_dtype)
+        angles = rng.uniform(0, 6, (R, S, 1, half))
+        cos, sin = (Tensor(f(angles).astype(np.float32)) for f in (np.cos, np.sin))
+        rows = np.array([B - 1, 0][:R], np.int32)
+        slots = (np.array([3, 7][:R]).reshape(R, 1) + np.arange(S)).astype(np.int32)
+        allowed = (np.arange(K).reshape(1, 1, K) <= slots.reshape(R, S, 1)) & (rng.random((R, 1, K)) < 0.8)
+        allowed[-1, 0] = False  # this query reads nothing: the reference's softmax is uniform
+        bias = np.where(allowed, 0.0, -3.4028234663852886e38).astype(np.float32).reshape(R, 1, 1, S, K)
+        args = (mixed, cos, sin, keys, values, Tensor(slots), Tensor(rows), Tensor(bias))
+        out = _compiled(op, *args) if compiled else op(*args)
+        assert out.dtype == act_dtype and out.shape == (R, S, H * D)
+        x = mixed.astype(ms.float32).asnumpy().astype(np.float64).reshape(R, S, H + 2 * G, D)
+        c, s = cos.asnumpy().astype(np.float64), sin.asnumpy().astype(np.float64)
+        turned = _rotate(x[:, :, :H + G], c, s)
+        for r in range(R):
+            key_cache[rows[r], :, slots[r]] = turned[r, :, H:]  # [S, G, D]
+            value_cache[rows[r], :, slots[r]] = x[r, :, H + G:]
+        tolerance = {ms.float32: 1e-5, ms.float16: 2e-3, ms.bfloat16: 1.6e-2}[cache_dtype]
+        for written, want in ((keys, key_cache), (values, value_cache)):
+            np.testing.assert_allclose(written.astype(ms.float32).asnumpy(), want, rtol=tolerance, atol=tolerance)
+        key_cache, value_cache = (p.astype(ms.float32).asnumpy().astype(np.float64) for p in (keys, values))
+        want = np.zeros((R, S, H, D))
+        for r in range(R):
+            for h in range(H):
+                k, v = key_cache[rows[r], h // (H // G), :K], value_cache[rows[r], h // (H // G), :K]
+                scores = turned[r, :, h] @ k.T / np.sqrt(D) + np.where(allowed[r], 0.0, -np.inf)
+                scores = np.where(allowed[r].any(-1, keepdims=True), scores, 0.0)
+                probs = np.exp(scores - scores.max(-1, keepdims=True))
+                want[r, :, h] = (probs / probs.sum(-1, keepdims=True)) @ v
+        tolerance = {ms.float32: 1e-5, ms.float16: 3e-3, ms.bfloat16: 1e-3}[act_dtype]
+        np.testing.assert_allclose(out.astype(ms.float32).asnumpy().reshape(R, S, H, D), want,
+                                   rtol=tolerance, atol=tolerance * np.abs(want).max())

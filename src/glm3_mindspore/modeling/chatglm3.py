@@ -111,12 +111,18 @@ class SelfAttention(nn.Cell):
         self.dense = make_linear(config, self.query_size, config.hidden_size, config.add_bias_linear, dtype)
         self.attention_dropout = nn.Dropout(p=config.attention_dropout) if config.attention_dropout > 0 else None
         self.fused = reference_ops.use_fused_kernels()
+        self.cached_attention = cpu_kernels.cached_attention()  # inference on CPU: one op of ours (None elsewhere)
 
     def construct(self, hidden_states: Tensor, cos: Tensor, sin: Tensor, bias: Tensor,
                   cache: Optional[StaticCache] = None, slots: Optional[Tensor] = None,
                   prefix_kv: Optional[KeyValue] = None) -> Tensor:
         batch, seq, _ = hidden_states.shape
         mixed = self.query_key_value(hidden_states)
+        if cache is not None and self.cached_attention is not None and not self.training:
+            i = self.layer_index
+            context = self.cached_attention(mixed, cos, sin, cache.key[i], cache.value[i], slots,
+                                            cache.row_index(batch), bias)
+            return self.dense(context)
         heads, value = ops.split(mixed, (self.query_size + self.kv_size, self.kv_size), -1)
         # query and key heads turn together: one rotary, half the small ops of a step
         heads = reference_ops.apply_rotary(heads.reshape(batch, seq, self.num_heads + self.num_groups, self.head_dim),

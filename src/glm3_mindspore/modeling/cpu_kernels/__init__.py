@@ -9,7 +9,8 @@ widened copy of a weight is ever made, for decoding or for prompts. They are
 ahead-of-time ``ops.Custom`` ops, so they sit inside compiled graphs like any
 other op.
 
-Besides the products: the embedding lookup of bfloat16 tables, RMSNorm and SwiGLU.
+Besides the products: the embedding lookup of bfloat16 tables, RMSNorm, SwiGLU
+and attention over the KV cache (rotary, cache write and attention in one op).
 Used on CPU and in inference; training keeps MindSpore's ops. Without a C++
 compiler, or with ``GLM3_CPU_KERNELS=0``, the factories below return None and
 layers fall back to MindSpore's ops (slower; 16-bit and quantized weights are
@@ -29,8 +30,8 @@ from mindspore import ops
 from ...runtime import device_target
 from .build import KernelBuildError, Tuning, build_library, cache_dir, find_compiler, load_tuning, open_library
 
-__all__ = ["KernelBuildError", "SWITCH", "Tuning", "available", "configure", "gather_rows", "library", "linear",
-           "reset", "rms_norm", "swiglu", "tuning"]
+__all__ = ["KernelBuildError", "SWITCH", "Tuning", "available", "cached_attention", "configure", "gather_rows",
+           "library", "linear", "reset", "rms_norm", "swiglu", "tuning"]
 
 logger = logging.getLogger(__name__)
 
@@ -148,3 +149,24 @@ def swiglu() -> Optional[ops.Custom]:
         return None
     return ops.Custom(f"{path}:SwiGlu", out_shape=lambda x: tuple(x[:-1]) + (x[-1] // 2,), out_dtype=lambda x: x,
                       func_type="aot")
+
+
+def cached_attention() -> Optional[ops.Custom]:
+    """Rotary, KV-cache write and grouped attention over the cache in one op (no gradient), or None.
+
+    ``(mixed [R, S, (H + 2G) D], cos, sin [R, S, 1, D/4], key_cache, value_cache [B, G, L, D],
+    slots int32 [R, S], rows int32 [R], bias [R, 1, 1, S, K]) -> context [R, S, H D]`` in
+    ``mixed``'s dtype. It writes the new keys (turned) and values into the caches at
+    ``slots`` of cache rows ``rows``, in place, and attends over their first ``K`` slots
+    as the bias allows; the numerics of :func:`..reference_ops.apply_rotary`,
+    :meth:`..cache.StaticCache.update` and :func:`..reference_ops.attention` together.
+    """
+    path = library()
+    if path is None:
+        return None
+    op = ops.Custom(f"{path}:CachedAttention",
+                    out_shape=lambda mixed, cos, sin, key, value, slots, rows, bias:
+                    (mixed[0], mixed[1], mixed[2] - 2 * key[1] * key[3]),
+                    out_dtype=lambda mixed, cos, sin, key, value, slots, rows, bias: mixed, func_type="aot")
+    op.add_prim_attr("side_effect_mem", True)  # it writes the cache parameters: keep it, and keep its order
+    return op

@@ -11,36 +11,10 @@
 #include <cstring>
 #include <vector>
 
-#include "formats.h"
+#include "activations.h"
 #include "pool.h"
 
 namespace glm3 {
-
-enum class Act { Unknown, F32, F16, BF16 };
-
-static Act act_type(const char* dtype) {
-  if (std::strcmp(dtype, "float32") == 0) return Act::F32;
-  if (std::strcmp(dtype, "float16") == 0) return Act::F16;
-  if (std::strcmp(dtype, "bfloat16") == 0) return Act::BF16;
-  return Act::Unknown;
-}
-
-static inline float load_value(const void* p, Act type, int64_t i) {
-  if (type == Act::F32) return static_cast<const float*>(p)[i];
-  const uint16_t bits = static_cast<const uint16_t*>(p)[i];
-  return type == Act::F16 ? f16_to_f32(bits) : bf16_to_f32(bits);
-}
-
-static inline void store_value(void* p, Act type, int64_t i, float v) {
-  if (type == Act::F32) static_cast<float*>(p)[i] = v;
-  else static_cast<uint16_t*>(p)[i] = type == Act::F16 ? f32_to_f16(v) : f32_to_bf16(v);
-}
-
-static int64_t leading_rows(int ndim, const int64_t* shape) {
-  int64_t rows = 1;
-  for (int d = 0; d + 1 < ndim; ++d) rows *= shape[d];
-  return rows;
-}
 
 // A decode step's few rows run on the calling thread: waking the other costs more.
 template <class Rows>
