@@ -29,6 +29,7 @@ of disk under ``--work`` for the checkpoints and GGUFs.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -210,9 +211,11 @@ def ensure_gguf(work: Path, source: Path, kind: str, llama_python: str) -> Path:
 
 
 def bandwidth() -> dict:
-    binary = Path(tempfile.gettempdir()) / "glm3-bench-bandwidth"
+    source = HERE / "_bandwidth.cc"
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
+    binary = Path(tempfile.gettempdir()) / f"glm3-bench-bandwidth-{digest}"
     if not binary.exists():
-        subprocess.run(["g++", "-O3", "-march=native", "-pthread", str(HERE / "_bandwidth.cc"), "-o", str(binary)],
+        subprocess.run(["g++", "-O3", "-march=native", "-pthread", str(source), "-o", str(binary)],
                        check=True)
     wait_for_quiet(0.3, 120)
     return json.loads(subprocess.run([str(binary)], capture_output=True, text=True, check=True).stdout)
