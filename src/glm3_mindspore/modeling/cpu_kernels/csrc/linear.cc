@@ -240,50 +240,63 @@ static void stream_linear(const F& f, const float* x, int64_t M, int64_t N, int6
 // instructions per eight weights, which on two AVX2 cores is several times
 // slower than memory delivers them. As llama.cpp's q4_0 x q8_0 product does,
 // the rows of x are instead quantized to int8 in blocks of 32 (one fp32 scale
-// a block), and 64 weights at a time are multiplied by byte-wise integer
-// dot products (vpmaddubsw, exact int32 sums inside a block), scaled and
-// accumulated in fp32: about 1.2 instructions per eight weights.
+// a block), and the weights are multiplied a span at a time by byte-wise
+// integer dot products (exact int32 sums inside a block), scaled and
+// accumulated in fp32. A span is 64 weights (one 32-byte load, vpmaddubsw) on
+// AVX2, 128 (one 64-byte load, AVX-512 VNNI's vpdpbusd, which also does the
+// pairwise widening) where the CPU has it: about 1.2 and 0.5 instructions per
+// eight weights, the difference between compute-bound and memory-bound decode.
 // The nibbles are read unsigned (q + 8, flipping their sign bits); the
 // 8 * sum(x) this adds is subtracted per group. Used for groups of a multiple
-// of 64 values.
+// of the span.
 #if defined(__AVX2__)
-constexpr int64_t SPAN = 64;    // weights per 32-byte load: byte i of a span holds elements 2i and 2i + 1
+constexpr int64_t AVX2_SPAN = 64;  // weights per 32-byte load: byte i of a span holds elements 2i and 2i + 1
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+constexpr int64_t VNNI_SPAN = 128;  // weights per 64-byte load, laid out alike
+#endif
 constexpr int64_t XBLOCK = 32;  // activations per int8 scale
 
-// Rows of x as the int4 product reads them: per 64-value span, the even
-// elements' int8 values (`even`), the odd ones' (`odd`), and the scale of
-// each lane's block (lanes 0-3 of the product cover the first 32 values).
+// Rows of x as the int4 product reads them: per span, the even elements' int8
+// values (`even`), the odd ones' (`odd`), and the scale of each int32 lane's
+// block (lane j of the product covers the span's elements 8j to 8j + 7).
 struct QuantizedActivations {
-  int64_t spans, groups;
-  std::vector<int8_t> even, odd;  // [M][spans][32]
-  std::vector<float> lane_scales;  // [M][spans][8]
+  int64_t span, spans, groups;
+  std::vector<int8_t> even, odd;  // [M][spans][span / 2]
+  std::vector<float> lane_scales;  // [M][spans][span / 8]
   std::vector<float> offsets;      // [M][groups]: 8 * sum over the group's blocks of scale * sum(q)
+  const int8_t* even_at(int64_t m, int64_t s) const { return &even[(m * spans + s) * (span / 2)]; }
+  const int8_t* odd_at(int64_t m, int64_t s) const { return &odd[(m * spans + s) * (span / 2)]; }
+  const float* scales_at(int64_t m, int64_t s) const { return &lane_scales[(m * spans + s) * (span / 8)]; }
 };
 
 static QuantizedActivations quantize_activations(const float* x, int64_t M, int64_t K, int64_t groups,
-                                                 int64_t group) {
+                                                 int64_t group, int64_t span) {
   QuantizedActivations q;
+  q.span = span;
   q.groups = groups;
-  q.spans = groups * group / SPAN;
-  q.even.assign(M * q.spans * 32, 0);
-  q.odd.assign(M * q.spans * 32, 0);
-  q.lane_scales.assign(M * q.spans * 8, 0.f);
+  q.spans = groups * group / span;
+  q.even.assign(M * q.spans * span / 2, 0);
+  q.odd.assign(M * q.spans * span / 2, 0);
+  q.lane_scales.assign(M * q.spans * span / 8, 0.f);
   q.offsets.assign(M * groups, 0.f);
+  const int64_t blocks_per_span = span / XBLOCK;
   for (int64_t m = 0; m < M; ++m) {
-    for (int64_t b = 0; b < q.spans * 2; ++b) {
+    for (int64_t b = 0; b < q.spans * blocks_per_span; ++b) {
       const int64_t k0 = b * XBLOCK;
       float amax = 0.f;
       for (int64_t k = k0; k < std::min(K, k0 + XBLOCK); ++k) amax = std::max(amax, std::fabs(x[m * K + k]));
       const float scale = amax / 127.f;
       int sum = 0;
-      for (int64_t i = 0; i < XBLOCK; ++i) {
+      const int64_t s = k0 / span;
+      int8_t* even = q.even.data() + (m * q.spans + s) * (span / 2);
+      int8_t* odd = q.odd.data() + (m * q.spans + s) * (span / 2);
+      for (int64_t i = 0; i < XBLOCK && k0 + i < K; ++i) {
         const int64_t k = k0 + i;
-        const int value = (k < K && scale > 0.f) ? static_cast<int>(std::nearbyint(x[m * K + k] / scale)) : 0;
+        const int value = scale > 0.f ? static_cast<int>(std::nearbyint(x[m * K + k] / scale)) : 0;
         sum += value;
-        const int64_t span = k / SPAN, lane = (k % SPAN) / 2;
-        (k % 2 ? q.odd : q.even)[(m * q.spans + span) * 32 + lane] = static_cast<int8_t>(value);
+        (k % 2 ? odd : even)[(k % span) / 2] = static_cast<int8_t>(value);
       }
-      for (int l = 0; l < 4; ++l) q.lane_scales[(m * q.spans + b / 2) * 8 + (b % 2) * 4 + l] = scale;
+      for (int l = 0; l < 4; ++l) q.lane_scales[(m * q.spans + s) * (span / 8) + (b % blocks_per_span) * 4 + l] = scale;
       q.offsets[m * groups + k0 / group] += 8.f * scale * static_cast<float>(sum);
     }
   }
@@ -297,13 +310,13 @@ static inline float sum_lanes_avx(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// y[m, n0 + r] for MT rows of x and R weight rows, over all of K.
+// y[m, n0 + r] for MT rows of x and R weight rows, over all of K: AVX2, 64-weight spans.
 template <int MT, int R>
-static inline void int4_tile(const Int4Rows& f, const QuantizedActivations& q, int64_t m0, int64_t n0,
-                             float* y, int64_t N) {
+static inline void int4_tile_avx2(const Int4Rows& f, const QuantizedActivations& q, int64_t m0, int64_t n0,
+                                  float* y, int64_t N) {
   const __m256i low_nibbles = _mm256_set1_epi8(0x0F), sign_bits = _mm256_set1_epi8(static_cast<char>(0x88));
   const __m256i ones = _mm256_set1_epi16(1);
-  const int64_t spans_per_group = f.group / SPAN;
+  const int64_t spans_per_group = f.group / AVX2_SPAN;
   __m256 acc[MT][R];
   float offset[MT][R] = {};
   for (int m = 0; m < MT; ++m)
@@ -321,13 +334,11 @@ static inline void int4_tile(const Int4Rows& f, const QuantizedActivations& q, i
         const __m256i even = _mm256_and_si256(bytes, low_nibbles);
         const __m256i odd = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low_nibbles);
         for (int m = 0; m < MT; ++m) {
-          const int64_t at = ((m0 + m) * q.spans + s) * 32;
           const __m256i pairs = _mm256_add_epi16(
-              _mm256_maddubs_epi16(even, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(&q.even[at]))),
-              _mm256_maddubs_epi16(odd, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(&q.odd[at]))));
+              _mm256_maddubs_epi16(even, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q.even_at(m0 + m, s)))),
+              _mm256_maddubs_epi16(odd, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q.odd_at(m0 + m, s)))));
           const __m256 sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
-          const __m256 scales = _mm256_loadu_ps(&q.lane_scales[((m0 + m) * q.spans + s) * 8]);
-          part[m][r] = _mm256_fmadd_ps(sums, scales, part[m][r]);
+          part[m][r] = _mm256_fmadd_ps(sums, _mm256_loadu_ps(q.scales_at(m0 + m, s)), part[m][r]);
         }
       }
     }
@@ -344,38 +355,106 @@ static inline void int4_tile(const Int4Rows& f, const QuantizedActivations& q, i
     for (int r = 0; r < R; ++r) y[(m0 + m) * N + n0 + r] = sum_lanes_avx(acc[m][r]) - offset[m][r];
 }
 
-template <int R>
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+// The same product with AVX-512 VNNI: 128-weight spans, vpdpbusd summing the
+// even and the odd elements' byte products straight into int32 lanes.
+template <int MT, int R>
+static inline void int4_tile_vnni(const Int4Rows& f, const QuantizedActivations& q, int64_t m0, int64_t n0,
+                                  float* y, int64_t N) {
+  const __m512i low_nibbles = _mm512_set1_epi8(0x0F), sign_bits = _mm512_set1_epi8(static_cast<char>(0x88));
+  const int64_t spans_per_group = f.group / VNNI_SPAN;
+  __m512 acc[MT][R];
+  float offset[MT][R] = {};
+  for (int m = 0; m < MT; ++m)
+    for (int r = 0; r < R; ++r) acc[m][r] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < f.groups; ++g) {
+    __m512 part[MT][R];
+    for (int m = 0; m < MT; ++m)
+      for (int r = 0; r < R; ++r) part[m][r] = _mm512_setzero_ps();
+    for (int64_t s = g * spans_per_group; s < (g + 1) * spans_per_group; ++s) {
+      for (int r = 0; r < R; ++r) {
+        const uint8_t* row = f.w + (n0 + r) * f.row_bytes + s * 64;
+        __builtin_prefetch(row + R * f.row_bytes, 0, 3);  // the next tile's bytes
+        const __m512i bytes = _mm512_xor_si512(sign_bits, _mm512_loadu_si512(row));  // q -> q + 8
+        const __m512i even = _mm512_and_si512(bytes, low_nibbles);
+        const __m512i odd = _mm512_and_si512(_mm512_srli_epi16(bytes, 4), low_nibbles);
+        for (int m = 0; m < MT; ++m) {
+          __m512i sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), even, _mm512_loadu_si512(q.even_at(m0 + m, s)));
+          sums = _mm512_dpbusd_epi32(sums, odd, _mm512_loadu_si512(q.odd_at(m0 + m, s)));
+          part[m][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), _mm512_loadu_ps(q.scales_at(m0 + m, s)), part[m][r]);
+        }
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      const float scale = f.group_scale(n0 + r, g);
+      const __m512 scale_v = _mm512_set1_ps(scale);
+      for (int m = 0; m < MT; ++m) {
+        acc[m][r] = _mm512_fmadd_ps(part[m][r], scale_v, acc[m][r]);
+        offset[m][r] += scale * q.offsets[(m0 + m) * q.groups + g];
+      }
+    }
+  }
+  for (int m = 0; m < MT; ++m)
+    for (int r = 0; r < R; ++r) y[(m0 + m) * N + n0 + r] = _mm512_reduce_add_ps(acc[m][r]) - offset[m][r];
+}
+#endif
+
+// Tiles of up to four rows of x against R weight rows starting at n0.
+template <int R, bool VNNI>
 static void int4_rows(const Int4Rows& f, const QuantizedActivations& q, int64_t M, int64_t N, int64_t n0,
                       float* y) {
+  auto tile = [&](auto rows, auto weights, int64_t m) {
+    constexpr int MT = decltype(rows)::value, RT = decltype(weights)::value;
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+    if constexpr (VNNI) return int4_tile_vnni<MT, RT>(f, q, m, n0, y, N);
+#endif
+    int4_tile_avx2<MT, RT>(f, q, m, n0, y, N);
+  };
+  using Wide = std::integral_constant<int, (R > 2 ? 2 : R)>;
   int64_t m = 0;
-  for (; m + 4 <= M; m += 4) int4_tile<4, (R > 2 ? 2 : R)>(f, q, m, n0, y, N);
+  for (; m + 4 <= M; m += 4) tile(std::integral_constant<int, 4>{}, Wide{}, m);
   switch (M - m) {
-    case 3: int4_tile<3, (R > 2 ? 2 : R)>(f, q, m, n0, y, N); break;
-    case 2: int4_tile<2, (R > 2 ? 2 : R)>(f, q, m, n0, y, N); break;
-    case 1: int4_tile<1, R>(f, q, m, n0, y, N); break;
+    case 3: tile(std::integral_constant<int, 3>{}, Wide{}, m); break;
+    case 2: tile(std::integral_constant<int, 2>{}, Wide{}, m); break;
+    case 1: tile(std::integral_constant<int, 1>{}, std::integral_constant<int, R>{}, m); break;
     default: break;
   }
 }
 
+// The span this CPU's int4 product uses for groups of `group` values (0: none).
+static int64_t int8_activation_span(int64_t group) {
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+  if (group % VNNI_SPAN == 0) return VNNI_SPAN;
+#endif
+  return group % AVX2_SPAN == 0 ? AVX2_SPAN : 0;
+}
+
 // Weight rows are taken R at a time for one row of x, two at a time for more.
-static void int4_linear(const Int4Rows& f, const float* x, int64_t M, int64_t N, int64_t K, float* y) {
-  const QuantizedActivations q = quantize_activations(x, M, K, f.groups, f.group);
+template <bool VNNI>
+static void int4_linear_with(const Int4Rows& f, const QuantizedActivations& q, int64_t M, int64_t N, float* y) {
   const int64_t R = M == 1 ? 4 : 2;
   const int64_t blocks = N / R;
   parallel_ranges(blocks + (N % R ? 1 : 0), [&](int64_t first, int64_t last) {
     for (int64_t b = first; b < std::min(last, blocks); ++b) {
-      if (M == 1) int4_rows<4>(f, q, M, N, b * R, y);
-      else for (int64_t r = 0; r < R; r += 2) int4_rows<2>(f, q, M, N, b * R + r, y);
+      if (M == 1) int4_rows<4, VNNI>(f, q, M, N, b * R, y);
+      else for (int64_t r = 0; r < R; r += 2) int4_rows<2, VNNI>(f, q, M, N, b * R + r, y);
     }
     if (last > blocks)
-      for (int64_t n = blocks * R; n < N; ++n) int4_rows<1>(f, q, M, N, n, y);
+      for (int64_t n = blocks * R; n < N; ++n) int4_rows<1, VNNI>(f, q, M, N, n, y);
   });
+}
+
+static void int4_linear(const Int4Rows& f, const float* x, int64_t M, int64_t N, int64_t K, float* y) {
+  const int64_t span = int8_activation_span(f.group);
+  const QuantizedActivations q = quantize_activations(x, M, K, f.groups, f.group, span);
+  if (span == AVX2_SPAN) return int4_linear_with<false>(f, q, M, N, y);
+  int4_linear_with<true>(f, q, M, N, y);
 }
 #endif
 
 static bool uses_int8_activations(const Int4Rows& f) {
 #if defined(__AVX2__)
-  return f.group % SPAN == 0;
+  return int8_activation_span(f.group) != 0;
 #else
   (void)f;
   return false;
@@ -623,6 +702,14 @@ extern "C" int LinearInt4(int nparam, void** params, int* ndims, int64_t** shape
 // ------------------------------------------------------------ tuning (ctypes)
 extern "C" int glm3_vector_lanes() { return VL; }
 extern "C" int glm3_avx512() { return GLM3_AVX512; }  // whole 512-bit loads and tiles compiled in
+extern "C" int glm3_int4_span(int64_t group) {  // weights per integer product of int4 groups of `group`; 0: fp32
+#if defined(__AVX2__)
+  return static_cast<int>(int8_activation_span(group));
+#else
+  (void)group;
+  return 0;
+#endif
+}
 
 extern "C" void glm3_configure(int stream_max_rows, int rows_per_block_one) {
   tuning.stream_max_rows = std::max(0, stream_max_rows);
