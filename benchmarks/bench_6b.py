@@ -231,7 +231,9 @@ def gguf_step_bytes(path: Path, llama_python: str) -> int:
 
 def table(report: dict) -> str:
     bw = report["bandwidth"]["gb_per_s"]
-    lines = [f"streaming-read bandwidth {bw:.1f} GB/s ({report['bandwidth']['threads']} threads); "
+    probe = report["bandwidth"]
+    lines = [f"streaming-read bandwidth {bw:.1f} GB/s ({probe['threads']} threads, best with "
+             f"{probe.get('streams_per_thread', 1)} streams each, prefetch {probe.get('prefetch_bytes', 0)} B); "
              f"memory bound = bytes read per decode step / bandwidth",
              "| side | weights | load s | peak RSS GB | prefill tok/s (128) | decode ms/token b1 | bound b1 | "
              "b1 / bound | decode ms/token b4 | other load, cores |",
