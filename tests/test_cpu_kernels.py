@@ -132,8 +132,8 @@ def test_avx512_hosts_get_the_whole_512_bit_loads_and_tiles():
 
 @needs_kernels
 def test_vnni_hosts_multiply_int4_groups_of_128_a_whole_cache_line_at_a_time():
-    """With AVX-512 VNNI, int4 groups of 128 (the default) take the 128-weight vpdpbusd product (twice
-    the AVX2 product's speed, which leaves int4 decoding compute-bound); groups of 64 the AVX2 one."""
+    """With AVX-512 VNNI, int4 groups of 128 (the default) take the 128-weight vpdpbusd product (faster
+    than the AVX2 one, which an AVX-512 build would otherwise run silently); groups of 64 the AVX2 one."""
     if not {"avx512_vnni", "avx512bw"} <= set(build.host_identity().split()):
         pytest.skip("this CPU has no AVX-512 VNNI")
     library = build.open_library(cpu_kernels.library())

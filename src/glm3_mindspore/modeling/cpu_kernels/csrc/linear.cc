@@ -245,7 +245,7 @@ static void stream_linear(const F& f, const float* x, int64_t M, int64_t N, int6
 // accumulated in fp32. A span is 64 weights (one 32-byte load, vpmaddubsw) on
 // AVX2, 128 (one 64-byte load, AVX-512 VNNI's vpdpbusd, which also does the
 // pairwise widening) where the CPU has it: about 1.2 and 0.5 instructions per
-// eight weights, the difference between compute-bound and memory-bound decode.
+// eight weights.
 // The nibbles are read unsigned (q + 8, flipping their sign bits); the
 // 8 * sum(x) this adds is subtracted per group. Used for groups of a multiple
 // of the span.
@@ -303,120 +303,108 @@ static QuantizedActivations quantize_activations(const float* x, int64_t M, int6
   return q;
 }
 
-static inline float sum_lanes_avx(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
-// y[m, n0 + r] for MT rows of x and R weight rows, over all of K: AVX2, 64-weight spans.
-template <int MT, int R>
-static inline void int4_tile_avx2(const Int4Rows& f, const QuantizedActivations& q, int64_t m0, int64_t n0,
-                                  float* y, int64_t N) {
-  const __m256i low_nibbles = _mm256_set1_epi8(0x0F), sign_bits = _mm256_set1_epi8(static_cast<char>(0x88));
-  const __m256i ones = _mm256_set1_epi16(1);
-  const int64_t spans_per_group = f.group / AVX2_SPAN;
-  __m256 acc[MT][R];
-  float offset[MT][R] = {};
-  for (int m = 0; m < MT; ++m)
-    for (int r = 0; r < R; ++r) acc[m][r] = _mm256_setzero_ps();
-  for (int64_t g = 0; g < f.groups; ++g) {
-    __m256 part[MT][R];
-    for (int m = 0; m < MT; ++m)
-      for (int r = 0; r < R; ++r) part[m][r] = _mm256_setzero_ps();
-    for (int64_t s = g * spans_per_group; s < (g + 1) * spans_per_group; ++s) {
-      for (int r = 0; r < R; ++r) {
-        const uint8_t* row = f.w + (n0 + r) * f.row_bytes + s * 32;
-        __builtin_prefetch(row + R * f.row_bytes, 0, 3);  // as prefetch_next_rows: the next tile's bytes
-        const __m256i bytes = _mm256_xor_si256(sign_bits, _mm256_loadu_si256(  // two's complement q -> q + 8
-            reinterpret_cast<const __m256i*>(row)));
-        const __m256i even = _mm256_and_si256(bytes, low_nibbles);
-        const __m256i odd = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low_nibbles);
-        for (int m = 0; m < MT; ++m) {
-          const __m256i pairs = _mm256_add_epi16(
-              _mm256_maddubs_epi16(even, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q.even_at(m0 + m, s)))),
-              _mm256_maddubs_epi16(odd, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q.odd_at(m0 + m, s)))));
-          const __m256 sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
-          part[m][r] = _mm256_fmadd_ps(sums, _mm256_loadu_ps(q.scales_at(m0 + m, s)), part[m][r]);
-        }
-      }
-    }
-    for (int r = 0; r < R; ++r) {
-      const float scale = f.group_scale(n0 + r, g);
-      const __m256 scale_v = _mm256_set1_ps(scale);
-      for (int m = 0; m < MT; ++m) {
-        acc[m][r] = _mm256_fmadd_ps(part[m][r], scale_v, acc[m][r]);
-        offset[m][r] += scale * q.offsets[(m0 + m) * q.groups + g];
-      }
-    }
+// One span's integer product per instruction set: `nibbles` reads a span of
+// weight bytes as unsigned even and odd elements, `dot` multiplies them by a
+// row's int8 activations into fp32 int32-lane sums.
+struct Avx2Product {
+  static constexpr int64_t kSpan = AVX2_SPAN;
+  using Floats = __m256;
+  struct Nibbles { __m256i even, odd; };
+  static Floats zero() { return _mm256_setzero_ps(); }
+  static Floats broadcast(float v) { return _mm256_set1_ps(v); }
+  static Floats load(const float* p) { return _mm256_loadu_ps(p); }
+  static Floats fmadd(Floats a, Floats b, Floats c) { return _mm256_fmadd_ps(a, b, c); }
+  static Nibbles nibbles(const uint8_t* span) {
+    const __m256i low = _mm256_set1_epi8(0x0F), sign_bits = _mm256_set1_epi8(static_cast<char>(0x88));
+    const __m256i bytes = _mm256_xor_si256(sign_bits, _mm256_loadu_si256(  // two's complement q -> q + 8
+        reinterpret_cast<const __m256i*>(span)));
+    return {_mm256_and_si256(bytes, low), _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low)};
   }
-  for (int m = 0; m < MT; ++m)
-    for (int r = 0; r < R; ++r) y[(m0 + m) * N + n0 + r] = sum_lanes_avx(acc[m][r]) - offset[m][r];
-}
+  static Floats dot(const Nibbles& w, const int8_t* even, const int8_t* odd) {
+    const __m256i pairs = _mm256_add_epi16(
+        _mm256_maddubs_epi16(w.even, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(even))),
+        _mm256_maddubs_epi16(w.odd, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(odd))));
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+  }
+  static float sum(Floats v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+};
 
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
-// The same product with AVX-512 VNNI: 128-weight spans, vpdpbusd summing the
-// even and the odd elements' byte products straight into int32 lanes.
-template <int MT, int R>
-static inline void int4_tile_vnni(const Int4Rows& f, const QuantizedActivations& q, int64_t m0, int64_t n0,
-                                  float* y, int64_t N) {
-  const __m512i low_nibbles = _mm512_set1_epi8(0x0F), sign_bits = _mm512_set1_epi8(static_cast<char>(0x88));
-  const int64_t spans_per_group = f.group / VNNI_SPAN;
-  __m512 acc[MT][R];
+// AVX-512 VNNI: vpdpbusd sums the even and the odd elements' byte products
+// straight into int32 lanes.
+struct VnniProduct {
+  static constexpr int64_t kSpan = VNNI_SPAN;
+  using Floats = __m512;
+  struct Nibbles { __m512i even, odd; };
+  static Floats zero() { return _mm512_setzero_ps(); }
+  static Floats broadcast(float v) { return _mm512_set1_ps(v); }
+  static Floats load(const float* p) { return _mm512_loadu_ps(p); }
+  static Floats fmadd(Floats a, Floats b, Floats c) { return _mm512_fmadd_ps(a, b, c); }
+  static Nibbles nibbles(const uint8_t* span) {
+    const __m512i low = _mm512_set1_epi8(0x0F), sign_bits = _mm512_set1_epi8(static_cast<char>(0x88));
+    const __m512i bytes = _mm512_xor_si512(sign_bits, _mm512_loadu_si512(span));  // q -> q + 8
+    return {_mm512_and_si512(bytes, low), _mm512_and_si512(_mm512_srli_epi16(bytes, 4), low)};
+  }
+  static Floats dot(const Nibbles& w, const int8_t* even, const int8_t* odd) {
+    const __m512i sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w.even, _mm512_loadu_si512(even));
+    return _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(sums, w.odd, _mm512_loadu_si512(odd)));
+  }
+  static float sum(Floats v) { return _mm512_reduce_add_ps(v); }
+};
+#endif
+
+// y[m, n0 + r] for MT rows of x and R weight rows, over all of K.
+template <class P, int MT, int R>
+static inline void int4_tile(const Int4Rows& f, const QuantizedActivations& q, int64_t m0, int64_t n0,
+                             float* y, int64_t N) {
+  using Floats = typename P::Floats;
+  const int64_t spans_per_group = f.group / P::kSpan;
+  Floats acc[MT][R];
   float offset[MT][R] = {};
   for (int m = 0; m < MT; ++m)
-    for (int r = 0; r < R; ++r) acc[m][r] = _mm512_setzero_ps();
+    for (int r = 0; r < R; ++r) acc[m][r] = P::zero();
   for (int64_t g = 0; g < f.groups; ++g) {
-    __m512 part[MT][R];
+    Floats part[MT][R];
     for (int m = 0; m < MT; ++m)
-      for (int r = 0; r < R; ++r) part[m][r] = _mm512_setzero_ps();
+      for (int r = 0; r < R; ++r) part[m][r] = P::zero();
     for (int64_t s = g * spans_per_group; s < (g + 1) * spans_per_group; ++s) {
       for (int r = 0; r < R; ++r) {
-        const uint8_t* row = f.w + (n0 + r) * f.row_bytes + s * 64;
-        __builtin_prefetch(row + R * f.row_bytes, 0, 3);  // the next tile's bytes
-        const __m512i bytes = _mm512_xor_si512(sign_bits, _mm512_loadu_si512(row));  // q -> q + 8
-        const __m512i even = _mm512_and_si512(bytes, low_nibbles);
-        const __m512i odd = _mm512_and_si512(_mm512_srli_epi16(bytes, 4), low_nibbles);
-        for (int m = 0; m < MT; ++m) {
-          __m512i sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), even, _mm512_loadu_si512(q.even_at(m0 + m, s)));
-          sums = _mm512_dpbusd_epi32(sums, odd, _mm512_loadu_si512(q.odd_at(m0 + m, s)));
-          part[m][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), _mm512_loadu_ps(q.scales_at(m0 + m, s)), part[m][r]);
-        }
+        const uint8_t* row = f.w + (n0 + r) * f.row_bytes + s * (P::kSpan / 2);
+        __builtin_prefetch(row + R * f.row_bytes, 0, 3);  // as prefetch_next_rows: the next tile's bytes
+        const typename P::Nibbles w = P::nibbles(row);
+        for (int m = 0; m < MT; ++m)
+          part[m][r] = P::fmadd(P::dot(w, q.even_at(m0 + m, s), q.odd_at(m0 + m, s)),
+                                P::load(q.scales_at(m0 + m, s)), part[m][r]);
       }
     }
     for (int r = 0; r < R; ++r) {
       const float scale = f.group_scale(n0 + r, g);
-      const __m512 scale_v = _mm512_set1_ps(scale);
+      const Floats scale_v = P::broadcast(scale);
       for (int m = 0; m < MT; ++m) {
-        acc[m][r] = _mm512_fmadd_ps(part[m][r], scale_v, acc[m][r]);
+        acc[m][r] = P::fmadd(part[m][r], scale_v, acc[m][r]);
         offset[m][r] += scale * q.offsets[(m0 + m) * q.groups + g];
       }
     }
   }
   for (int m = 0; m < MT; ++m)
-    for (int r = 0; r < R; ++r) y[(m0 + m) * N + n0 + r] = _mm512_reduce_add_ps(acc[m][r]) - offset[m][r];
+    for (int r = 0; r < R; ++r) y[(m0 + m) * N + n0 + r] = P::sum(acc[m][r]) - offset[m][r];
 }
-#endif
 
 // Tiles of up to four rows of x against R weight rows starting at n0.
-template <int R, bool VNNI>
+template <class P, int R>
 static void int4_rows(const Int4Rows& f, const QuantizedActivations& q, int64_t M, int64_t N, int64_t n0,
                       float* y) {
-  auto tile = [&](auto rows, auto weights, int64_t m) {
-    constexpr int MT = decltype(rows)::value, RT = decltype(weights)::value;
-#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
-    if constexpr (VNNI) return int4_tile_vnni<MT, RT>(f, q, m, n0, y, N);
-#endif
-    int4_tile_avx2<MT, RT>(f, q, m, n0, y, N);
-  };
-  using Wide = std::integral_constant<int, (R > 2 ? 2 : R)>;
   int64_t m = 0;
-  for (; m + 4 <= M; m += 4) tile(std::integral_constant<int, 4>{}, Wide{}, m);
+  for (; m + 4 <= M; m += 4) int4_tile<P, 4, (R > 2 ? 2 : R)>(f, q, m, n0, y, N);
   switch (M - m) {
-    case 3: tile(std::integral_constant<int, 3>{}, Wide{}, m); break;
-    case 2: tile(std::integral_constant<int, 2>{}, Wide{}, m); break;
-    case 1: tile(std::integral_constant<int, 1>{}, std::integral_constant<int, R>{}, m); break;
+    case 3: int4_tile<P, 3, (R > 2 ? 2 : R)>(f, q, m, n0, y, N); break;
+    case 2: int4_tile<P, 2, (R > 2 ? 2 : R)>(f, q, m, n0, y, N); break;
+    case 1: int4_tile<P, 1, R>(f, q, m, n0, y, N); break;
     default: break;
   }
 }
@@ -430,25 +418,27 @@ static int64_t int8_activation_span(int64_t group) {
 }
 
 // Weight rows are taken R at a time for one row of x, two at a time for more.
-template <bool VNNI>
+template <class P>
 static void int4_linear_with(const Int4Rows& f, const QuantizedActivations& q, int64_t M, int64_t N, float* y) {
   const int64_t R = M == 1 ? 4 : 2;
   const int64_t blocks = N / R;
   parallel_ranges(blocks + (N % R ? 1 : 0), [&](int64_t first, int64_t last) {
     for (int64_t b = first; b < std::min(last, blocks); ++b) {
-      if (M == 1) int4_rows<4, VNNI>(f, q, M, N, b * R, y);
-      else for (int64_t r = 0; r < R; r += 2) int4_rows<2, VNNI>(f, q, M, N, b * R + r, y);
+      if (M == 1) int4_rows<P, 4>(f, q, M, N, b * R, y);
+      else for (int64_t r = 0; r < R; r += 2) int4_rows<P, 2>(f, q, M, N, b * R + r, y);
     }
     if (last > blocks)
-      for (int64_t n = blocks * R; n < N; ++n) int4_rows<1, VNNI>(f, q, M, N, n, y);
+      for (int64_t n = blocks * R; n < N; ++n) int4_rows<P, 1>(f, q, M, N, n, y);
   });
 }
 
 static void int4_linear(const Int4Rows& f, const float* x, int64_t M, int64_t N, int64_t K, float* y) {
   const int64_t span = int8_activation_span(f.group);
   const QuantizedActivations q = quantize_activations(x, M, K, f.groups, f.group, span);
-  if (span == AVX2_SPAN) return int4_linear_with<false>(f, q, M, N, y);
-  int4_linear_with<true>(f, q, M, N, y);
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+  if (span == VnniProduct::kSpan) return int4_linear_with<VnniProduct>(f, q, M, N, y);
+#endif
+  int4_linear_with<Avx2Product>(f, q, M, N, y);
 }
 #endif
 
