@@ -24,30 +24,39 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from bench_6b import bandwidth  # noqa: E402
 
+from glm3_mindspore.configuration import CHATGLM3_6B_FIELDS, ChatGLM3Config  # noqa: E402
 from glm3_mindspore.modeling import cpu_kernels  # noqa: E402
-from glm3_mindspore.modeling.cpu_kernels.build import STREAMING, open_library  # noqa: E402
+from glm3_mindspore.modeling.cpu_kernels.build import (  # noqa: E402
+    FORMAT_BF16, FORMAT_F16, FORMAT_INT4, FORMAT_INT8, STREAMING, open_library)
 
-LAYERS = 28
-HIDDEN, FFN, QKV, VOCAB = 4096, 13696, 4608, 65024
-BLOCK_SHAPES = {"query_key_value": (QKV, HIDDEN), "dense": (HIDDEN, HIDDEN),
-                "dense_h_to_4h": (2 * FFN, HIDDEN), "dense_4h_to_h": (HIDDEN, FFN)}
-# glm3_time_linear's format codes, bytes per weight (int4: half a byte and an fp16 scale per 128),
-# and the output layer's format
-FORMATS = {"float16": (1, 2.0, 1), "bfloat16": (2, 2.0, 2), "int8": (3, 1.0, 3), "int4": (4, 0.5 + 2 / 128, 3)}
-OUTPUT_BYTES = {1: 2.0, 2: 2.0, 3: 1.0}
+# format -> glm3_time_linear's code, bytes a weight (int4: half a byte and an fp16 scale
+# per group of 128), and the output layer's format (a quantized model's is int8)
+FORMATS = {"float16": (FORMAT_F16, 2.0, "float16"), "bfloat16": (FORMAT_BF16, 2.0, "bfloat16"),
+           "int8": (FORMAT_INT8, 1.0, "int8"), "int4": (FORMAT_INT4, 0.5 + 2 / 128, "int8")}
 
 
-def time_format(lib, name: str, repeats: int) -> dict:
-    code, per_weight, output_code = FORMATS[name]
+def layer_shapes(config: ChatGLM3Config) -> dict:
+    """[N, K] of each linear layer of a block, as the model's Linear layers hold them."""
+    qkv = config.hidden_size + 2 * config.kv_channels * config.multi_query_group_num
+    return {"query_key_value": (qkv, config.hidden_size), "dense": (config.hidden_size, config.hidden_size),
+            "dense_h_to_4h": (2 * config.ffn_hidden_size, config.hidden_size),
+            "dense_4h_to_h": (config.hidden_size, config.ffn_hidden_size)}
+
+
+def time_format(lib, config: ChatGLM3Config, name: str, repeats: int) -> dict:
+    code, per_weight, output_format = FORMATS[name]
+    output_code, output_per_weight, _ = FORMATS[output_format]
+    shapes = layer_shapes(config)
     layers = {}
-    for layer, (n, k) in BLOCK_SHAPES.items():
+    for layer, (n, k) in shapes.items():
         seconds = lib.glm3_time_linear(code, 1, n, k, STREAMING, repeats)
         layers[layer] = {"ms": 1e3 * seconds, "gb_per_s": n * k * per_weight / seconds / 1e9}
-    seconds = lib.glm3_time_linear(output_code, 1, VOCAB, HIDDEN, STREAMING, max(2, repeats // 2))
-    output_bytes = VOCAB * HIDDEN * OUTPUT_BYTES[output_code]
+    vocab, hidden = config.padded_vocab_size, config.hidden_size
+    seconds = lib.glm3_time_linear(output_code, 1, vocab, hidden, STREAMING, max(2, repeats // 2))
+    output_bytes = vocab * hidden * output_per_weight
     layers["output_layer"] = {"ms": 1e3 * seconds, "gb_per_s": output_bytes / seconds / 1e9}
-    step_ms = LAYERS * sum(layers[layer]["ms"] for layer in BLOCK_SHAPES) + layers["output_layer"]["ms"]
-    step_bytes = LAYERS * sum(n * k for n, k in BLOCK_SHAPES.values()) * per_weight + output_bytes
+    step_ms = config.num_layers * sum(layers[layer]["ms"] for layer in shapes) + layers["output_layer"]["ms"]
+    step_bytes = config.num_layers * sum(n * k for n, k in shapes.values()) * per_weight + output_bytes
     return {"layers": layers, "step_ms": step_ms, "step_bytes": step_bytes}
 
 
@@ -66,15 +75,17 @@ def main() -> None:
         sys.exit("the CPU kernels are not available here (no g++, or GLM3_CPU_KERNELS=0)")
     lib = open_library(path)
     probe = bandwidth()
-    report = {"bandwidth": probe, "formats": {name: time_format(lib, name, args.repeats) for name in names}}
+    config = ChatGLM3Config(**CHATGLM3_6B_FIELDS)
+    report = {"bandwidth": probe, "formats": {name: time_format(lib, config, name, args.repeats) for name in names}}
     gb_per_s = probe["gb_per_s"]
     print(f"streaming-read bandwidth {gb_per_s:.1f} GB/s; one row of x, products only")
-    print("| format | " + " | ".join(f"{layer} GB/s" for layer in list(BLOCK_SHAPES) + ["output_layer"])
+    layers = list(layer_shapes(config)) + ["output_layer"]
+    print("| format | " + " | ".join(f"{layer} GB/s" for layer in layers)
           + " | products ms/step | bound ms | products / bound |")
-    print("|---|" + "---|" * (len(BLOCK_SHAPES) + 4))
+    print("|---|" + "---|" * (len(layers) + 3))
     for name, row in report["formats"].items():
         bound_ms = 1e3 * row["step_bytes"] / (gb_per_s * 1e9)
-        rates = " | ".join(f"{row['layers'][layer]['gb_per_s']:.1f}" for layer in list(BLOCK_SHAPES) + ["output_layer"])
+        rates = " | ".join(f"{row['layers'][layer]['gb_per_s']:.1f}" for layer in layers)
         print(f"| {name} | {rates} | {row['step_ms']:.0f} | {bound_ms:.0f} | {row['step_ms'] / bound_ms:.2f}x |")
     if args.out:
         args.out.write_text(json.dumps(report, indent=1))

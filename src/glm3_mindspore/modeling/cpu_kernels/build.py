@@ -115,7 +115,8 @@ def open_library(path: Path) -> ctypes.CDLL:
     return lib
 
 
-FORMAT_BF16, FORMAT_INT4 = 2, 4
+# glm3_time_linear's weight formats (int4 in groups of 128)
+FORMAT_F16, FORMAT_BF16, FORMAT_INT8, FORMAT_INT4 = 1, 2, 3, 4
 STREAMING, BLOCKED = 1, 2
 
 
