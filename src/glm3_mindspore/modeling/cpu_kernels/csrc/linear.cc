@@ -259,8 +259,9 @@ constexpr int64_t XBLOCK = 32;  // activations per int8 scale
 // Rows of x as the int4 product reads them: per span, the even elements' int8
 // values (`even`), the odd ones' (`odd`), and the scale of each int32 lane's
 // block (lane j of the product covers the span's elements 8j to 8j + 7).
+// One per thread, reused: a decode step quantizes a few hundred rows.
 struct QuantizedActivations {
-  int64_t span, spans, groups;
+  int64_t span = 0, spans = 0, groups = 0;
   std::vector<int8_t> even, odd;  // [M][spans][span / 2]
   std::vector<float> lane_scales;  // [M][spans][span / 8]
   std::vector<float> offsets;      // [M][groups]: 8 * sum over the group's blocks of scale * sum(q)
@@ -269,37 +270,83 @@ struct QuantizedActivations {
   const float* scales_at(int64_t m, int64_t s) const { return &lane_scales[(m * spans + s) * (span / 8)]; }
 };
 
-static QuantizedActivations quantize_activations(const float* x, int64_t M, int64_t K, int64_t groups,
-                                                 int64_t group, int64_t span) {
-  QuantizedActivations q;
+// One block of XBLOCK activations, `n` of them real (the rest read as 0):
+// int8 values round(x / scale), scale = max|x| / 127, the even elements to
+// `even` and the odd ones to `odd`. Returns the scale; `sum` gets the
+// values' sum. In vectors: the scalar loop with its division and rounding
+// per element took longer than a small product.
+static inline float quantize_block(const float* x, int64_t n, int8_t* even, int8_t* odd, int& sum) {
+  static_assert(XBLOCK % VL == 0, "a block is whole vectors");
+#if GLM3_AVX512
+  if (n == XBLOCK) {  // a whole block: two vectors, rounded by the conversion (to nearest, ties to even)
+    const __m512 a = _mm512_loadu_ps(x), b = _mm512_loadu_ps(x + 16);
+    const float scale = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b))) / 127.f;
+    __m512i qa = _mm512_setzero_si512(), qb = _mm512_setzero_si512();
+    if (scale > 0.f) {
+      const __m512 divisor = _mm512_set1_ps(scale);
+      qa = _mm512_cvtps_epi32(_mm512_div_ps(a, divisor));
+      qb = _mm512_cvtps_epi32(_mm512_div_ps(b, divisor));
+    }
+    const __m512i evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odds = _mm512_add_epi32(evens, _mm512_set1_epi32(1));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(even), _mm512_cvtepi32_epi8(_mm512_permutex2var_epi32(qa, evens, qb)));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(odd), _mm512_cvtepi32_epi8(_mm512_permutex2var_epi32(qa, odds, qb)));
+    sum = _mm512_reduce_add_epi32(_mm512_add_epi32(qa, qb));
+    return scale;
+  }
+#endif
+  constexpr int kVectors = XBLOCK / VL;
+  float values[XBLOCK] = {};
+  std::memcpy(values, x, n * sizeof(float));
+  vf v[kVectors], largest = vf{};
+  for (int i = 0; i < kVectors; ++i) {
+    v[i] = load_f32(values + i * VL);
+    const vf magnitude = v[i] < 0 ? -v[i] : v[i];
+    largest = magnitude > largest ? magnitude : largest;
+  }
+  float amax = 0.f;
+  for (int i = 0; i < VL; ++i) amax = std::max(amax, largest[i]);
+  const float scale = amax / 127.f;
+  int32_t q[XBLOCK] = {};
+  if (scale > 0.f) {
+    // |x / scale| <= 127: adding and taking away 1.5 * 2^23 rounds to the nearest integer,
+    // ties to even, as nearbyint does in the default rounding mode
+    const vf magic = broadcast(12582912.f), divisor = broadcast(scale);
+    for (int i = 0; i < kVectors; ++i) {
+      const vi rounded = __builtin_convertvector((v[i] / divisor + magic) - magic, vi);
+      std::memcpy(q + i * VL, &rounded, sizeof rounded);
+    }
+  }
+  sum = 0;
+  for (int i = 0; i < XBLOCK / 2; ++i) {
+    even[i] = static_cast<int8_t>(q[2 * i]);
+    odd[i] = static_cast<int8_t>(q[2 * i + 1]);
+    sum += q[2 * i] + q[2 * i + 1];
+  }
+  return scale;
+}
+
+static const QuantizedActivations& quantize_activations(const float* x, int64_t M, int64_t K, int64_t groups,
+                                                        int64_t group, int64_t span) {
+  thread_local QuantizedActivations q;
   q.span = span;
   q.groups = groups;
   q.spans = groups * group / span;
-  q.even.assign(M * q.spans * span / 2, 0);
-  q.odd.assign(M * q.spans * span / 2, 0);
-  q.lane_scales.assign(M * q.spans * span / 8, 0.f);
+  q.even.resize(M * q.spans * span / 2);
+  q.odd.resize(M * q.spans * span / 2);
+  q.lane_scales.resize(M * q.spans * span / 8);
   q.offsets.assign(M * groups, 0.f);
-  const int64_t blocks_per_span = span / XBLOCK;
-  for (int64_t m = 0; m < M; ++m) {
-    for (int64_t b = 0; b < q.spans * blocks_per_span; ++b) {
-      const int64_t k0 = b * XBLOCK;
-      float amax = 0.f;
-      for (int64_t k = k0; k < std::min(K, k0 + XBLOCK); ++k) amax = std::max(amax, std::fabs(x[m * K + k]));
-      const float scale = amax / 127.f;
-      int sum = 0;
-      const int64_t s = k0 / span;
-      int8_t* even = q.even.data() + (m * q.spans + s) * (span / 2);
-      int8_t* odd = q.odd.data() + (m * q.spans + s) * (span / 2);
-      for (int64_t i = 0; i < XBLOCK && k0 + i < K; ++i) {
-        const int64_t k = k0 + i;
-        const int value = scale > 0.f ? static_cast<int>(std::nearbyint(x[m * K + k] / scale)) : 0;
-        sum += value;
-        (k % 2 ? odd : even)[(k % span) / 2] = static_cast<int8_t>(value);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t s = 0; s < q.spans; ++s)
+      for (int64_t b = 0; b < span / XBLOCK; ++b) {
+        const int64_t k0 = s * span + b * XBLOCK, at = (m * q.spans + s) * (span / 2) + b * (XBLOCK / 2);
+        int sum;
+        const float scale = quantize_block(x + m * K + std::min(k0, K), std::clamp<int64_t>(K - k0, 0, XBLOCK),
+                                           q.even.data() + at, q.odd.data() + at, sum);
+        float* lanes = q.lane_scales.data() + (m * q.spans + s) * (span / 8) + b * (XBLOCK / 8);
+        std::fill(lanes, lanes + XBLOCK / 8, scale);
+        q.offsets[m * groups + k0 / group] += 8.f * scale * static_cast<float>(sum);
       }
-      for (int l = 0; l < 4; ++l) q.lane_scales[(m * q.spans + s) * (span / 8) + (b % blocks_per_span) * 4 + l] = scale;
-      q.offsets[m * groups + k0 / group] += 8.f * scale * static_cast<float>(sum);
-    }
-  }
   return q;
 }
 
@@ -358,12 +405,15 @@ struct VnniProduct {
 };
 #endif
 
-// y[m, n0 + r] for MT rows of x and R weight rows, over all of K.
+// y[m, n0 + r * stride] for MT rows of x and R weight rows (n0, n0 + stride,
+// ...), over all of K. The next tile starts one row on when the rows are
+// strided, R rows on when they are adjacent.
 template <class P, int MT, int R>
 static inline void int4_tile(const Int4Rows& f, const QuantizedActivations& q, int64_t m0, int64_t n0,
-                             float* y, int64_t N) {
+                             int64_t stride, float* y, int64_t N) {
   using Floats = typename P::Floats;
   const int64_t spans_per_group = f.group / P::kSpan;
+  const int64_t next_tile = (stride == 1 ? R : 1) * f.row_bytes;
   Floats acc[MT][R];
   float offset[MT][R] = {};
   for (int m = 0; m < MT; ++m)
@@ -374,8 +424,8 @@ static inline void int4_tile(const Int4Rows& f, const QuantizedActivations& q, i
       for (int r = 0; r < R; ++r) part[m][r] = P::zero();
     for (int64_t s = g * spans_per_group; s < (g + 1) * spans_per_group; ++s) {
       for (int r = 0; r < R; ++r) {
-        const uint8_t* row = f.w + (n0 + r) * f.row_bytes + s * (P::kSpan / 2);
-        __builtin_prefetch(row + R * f.row_bytes, 0, 3);  // as prefetch_next_rows: the next tile's bytes
+        const uint8_t* row = f.w + (n0 + r * stride) * f.row_bytes + s * (P::kSpan / 2);
+        __builtin_prefetch(row + next_tile, 0, 3);  // as prefetch_next_rows: the next tile's bytes
         const typename P::Nibbles w = P::nibbles(row);
         for (int m = 0; m < MT; ++m)
           part[m][r] = P::fmadd(P::dot(w, q.even_at(m0 + m, s), q.odd_at(m0 + m, s)),
@@ -383,7 +433,7 @@ static inline void int4_tile(const Int4Rows& f, const QuantizedActivations& q, i
       }
     }
     for (int r = 0; r < R; ++r) {
-      const float scale = f.group_scale(n0 + r, g);
+      const float scale = f.group_scale(n0 + r * stride, g);
       const Floats scale_v = P::broadcast(scale);
       for (int m = 0; m < MT; ++m) {
         acc[m][r] = P::fmadd(part[m][r], scale_v, acc[m][r]);
@@ -392,19 +442,19 @@ static inline void int4_tile(const Int4Rows& f, const QuantizedActivations& q, i
     }
   }
   for (int m = 0; m < MT; ++m)
-    for (int r = 0; r < R; ++r) y[(m0 + m) * N + n0 + r] = P::sum(acc[m][r]) - offset[m][r];
+    for (int r = 0; r < R; ++r) y[(m0 + m) * N + n0 + r * stride] = P::sum(acc[m][r]) - offset[m][r];
 }
 
-// Tiles of up to four rows of x against R weight rows starting at n0.
+// Tiles of up to four rows of x against R adjacent weight rows starting at n0.
 template <class P, int R>
 static void int4_rows(const Int4Rows& f, const QuantizedActivations& q, int64_t M, int64_t N, int64_t n0,
                       float* y) {
   int64_t m = 0;
-  for (; m + 4 <= M; m += 4) int4_tile<P, 4, (R > 2 ? 2 : R)>(f, q, m, n0, y, N);
+  for (; m + 4 <= M; m += 4) int4_tile<P, 4, (R > 2 ? 2 : R)>(f, q, m, n0, 1, y, N);
   switch (M - m) {
-    case 3: int4_tile<P, 3, (R > 2 ? 2 : R)>(f, q, m, n0, y, N); break;
-    case 2: int4_tile<P, 2, (R > 2 ? 2 : R)>(f, q, m, n0, y, N); break;
-    case 1: int4_tile<P, 1, R>(f, q, m, n0, y, N); break;
+    case 3: int4_tile<P, 3, (R > 2 ? 2 : R)>(f, q, m, n0, 1, y, N); break;
+    case 2: int4_tile<P, 2, (R > 2 ? 2 : R)>(f, q, m, n0, 1, y, N); break;
+    case 1: int4_tile<P, 1, R>(f, q, m, n0, 1, y, N); break;
     default: break;
   }
 }
@@ -417,24 +467,31 @@ static int64_t int8_activation_span(int64_t group) {
   return group % AVX2_SPAN == 0 ? AVX2_SPAN : 0;
 }
 
-// Weight rows are taken R at a time for one row of x, two at a time for more.
+// One row of x (decoding) takes weight rows four at a time, one from each
+// quarter of the weight: an int4 row is only 2 KB, and four rows next to
+// each other make one short stream where four far apart make four, which the
+// memory system serves faster. More rows of x take adjacent rows two at a time.
 template <class P>
 static void int4_linear_with(const Int4Rows& f, const QuantizedActivations& q, int64_t M, int64_t N, float* y) {
-  const int64_t R = M == 1 ? 4 : 2;
-  const int64_t blocks = N / R;
-  parallel_ranges(blocks + (N % R ? 1 : 0), [&](int64_t first, int64_t last) {
-    for (int64_t b = first; b < std::min(last, blocks); ++b) {
-      if (M == 1) int4_rows<P, 4>(f, q, M, N, b * R, y);
-      else for (int64_t r = 0; r < R; r += 2) int4_rows<P, 2>(f, q, M, N, b * R + r, y);
-    }
-    if (last > blocks)
-      for (int64_t n = blocks * R; n < N; ++n) int4_rows<P, 1>(f, q, M, N, n, y);
+  if (M == 1) {
+    const int64_t quarter = N / 4;
+    parallel_ranges(quarter + (N % 4 ? 1 : 0), [&](int64_t first, int64_t last) {
+      for (int64_t n = first; n < std::min(last, quarter); ++n) int4_tile<P, 1, 4>(f, q, 0, n, quarter, y, N);
+      if (last > quarter)  // the rows that do not fill the quarters
+        for (int64_t n = 4 * quarter; n < N; ++n) int4_rows<P, 1>(f, q, M, N, n, y);
+    });
+    return;
+  }
+  const int64_t blocks = N / 2;
+  parallel_ranges(blocks + N % 2, [&](int64_t first, int64_t last) {
+    for (int64_t b = first; b < std::min(last, blocks); ++b) int4_rows<P, 2>(f, q, M, N, 2 * b, y);
+    if (last > blocks) int4_rows<P, 1>(f, q, M, N, N - 1, y);
   });
 }
 
 static void int4_linear(const Int4Rows& f, const float* x, int64_t M, int64_t N, int64_t K, float* y) {
   const int64_t span = int8_activation_span(f.group);
-  const QuantizedActivations q = quantize_activations(x, M, K, f.groups, f.group, span);
+  const QuantizedActivations& q = quantize_activations(x, M, K, f.groups, f.group, span);
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
   if (span == VnniProduct::kSpan) return int4_linear_with<VnniProduct>(f, q, M, N, y);
 #endif
@@ -709,31 +766,36 @@ extern "C" void glm3_configure(int stream_max_rows, int rows_per_block_one) {
 // Fastest of `repeats` calls, in seconds, of an fp32-x product with a random
 // weight [N, K] in `format` (0 fp32, 1 fp16, 2 bf16, 3 int8, 4 int4 groups of
 // 128) on the given path (1 streaming, 2 blocked) with the current tuning.
+// Before each call the weight is flushed from every cache level (a server's
+// last-level cache holds a whole 6B layer), so the call reads it from
+// memory, as a decode step does.
 extern "C" double glm3_time_linear(int format, int64_t M, int64_t N, int64_t K, int path, int repeats) {
+  if (format < 0 || format > 4) return -1.0;
+  const int64_t groups = (K + 127) / 128;
+  const int64_t bytes_per_row[] = {4 * K, 2 * K, 2 * K, K, groups * 64};
   std::mt19937 rng(0);
   std::vector<float> x(M * K), y(M * N);
   for (auto& v : x) v = static_cast<float>(rng() % 1000) / 1000.f - 0.5f;
-  std::vector<uint8_t> w(N * K * 4);
+  std::vector<uint8_t> w(N * bytes_per_row[format]);
   // Bytes 0x30-0x3F: every 16- and 32-bit pattern they make is a normal number (fp16 and bf16
   // exponents well inside the range), so no product meets a denormal, which Intel cores
   // take a hundred times longer on than AMD's and would mislead the tuning.
   for (auto& v : w) v = static_cast<uint8_t>(0x30 | (rng() & 0x0F));
-  std::vector<uint16_t> scale(N * ((K + 127) / 128), f32_to_f16(0.01f));
+  std::vector<uint16_t> scale(N * groups, f32_to_f16(0.01f));
   const Path p = path == 1 ? Path::Streaming : Path::Blocked;
   double best = 1e30;
   for (int rep = 0; rep < repeats; ++rep) {
+#if defined(__x86_64__) || defined(__i386__)
+    for (size_t at = 0; at < w.size(); at += 64) _mm_clflush(w.data() + at);
+    _mm_mfence();
+#endif
     const auto start = std::chrono::steady_clock::now();
     switch (format) {
       case 0: linear(DenseF32{reinterpret_cast<const float*>(w.data()), K}, x.data(), M, N, K, y.data(), p); break;
       case 1: linear(DenseF16{reinterpret_cast<const uint16_t*>(w.data()), K}, x.data(), M, N, K, y.data(), p); break;
       case 2: linear(DenseBF16{reinterpret_cast<const uint16_t*>(w.data()), K}, x.data(), M, N, K, y.data(), p); break;
       case 3: linear(Int8Rows{reinterpret_cast<const int8_t*>(w.data()), scale.data(), K}, x.data(), M, N, K, y.data(), p); break;
-      case 4: {
-        const int64_t groups = (K + 127) / 128;
-        linear(Int4Rows{w.data(), scale.data(), K, groups * 64, groups, 128}, x.data(), M, N, K, y.data(), p);
-        break;
-      }
-      default: return -1.0;
+      default: linear(Int4Rows{w.data(), scale.data(), K, groups * 64, groups, 128}, x.data(), M, N, K, y.data(), p); break;
     }
     best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   }

@@ -1,8 +1,13 @@
 // A small worker pool for the kernels, and parallel_ranges to split work over it.
 //
-// Why not OpenMP: its idle workers spin after each parallel region, and on a
-// 2-core host that spinning takes the cores from MindSpore's own kernels
-// between our calls. Here idle workers sleep on a condition variable.
+// Why not OpenMP: its idle workers spin without bound after each parallel
+// region, and on a 2-core host that spinning takes the cores from
+// MindSpore's own kernels between our calls. Why not sleep at once either:
+// waking a sleeping thread costs tens of microseconds on a virtual machine,
+// as much as a whole small product, and a decode step makes a few hundred of
+// our calls a few microseconds apart. So a worker that finishes a job spins
+// for a short while (yielding its core to any other runnable thread), taking
+// the next job at once if it comes, and only then sleeps.
 #pragma once
 
 #include <sched.h>
@@ -10,6 +15,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -17,12 +23,21 @@
 #include <thread>
 #include <vector>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define GLM3_PAUSE() asm volatile("" ::: "memory")
+#else
+#define GLM3_PAUSE() std::this_thread::yield()
+#endif
+
 namespace glm3 {
 
-// Runs part(0..parts-1) on the calling thread and parts-1 sleeping workers,
-// one call each, and returns when all are done. One job at a time.
+// Runs part(0..parts-1) on the calling thread and parts-1 workers, one call
+// each, and returns when all are done. One job at a time.
 class WorkerPool {
  public:
+  static constexpr auto kSpin = std::chrono::microseconds(300);  // how long an idle worker waits awake
+
   static WorkerPool& instance() {
     static WorkerPool* pool = new WorkerPool();  // never destroyed: workers may outlive static destructors
     if (pool->owner_ != getpid()) pool = new WorkerPool();  // after fork() the workers are gone; start anew
@@ -33,17 +48,18 @@ class WorkerPool {
 
   void run(const std::function<void(int)>& part) {
     std::lock_guard<std::mutex> one_job(job_mutex_);
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      job_ = &part;
-      pending_ = static_cast<int>(workers_.size());
-      ++generation_;
+    job_.store(&part, std::memory_order_relaxed);
+    pending_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
+    generation_.fetch_add(1, std::memory_order_seq_cst);  // publishes job_ and pending_
+    if (sleeping_.load(std::memory_order_seq_cst) > 0) {
+      std::lock_guard<std::mutex> lock(mutex_);  // a sleeper is inside wait() once we hold this
+      wake_.notify_all();
     }
-    wake_.notify_all();
     part(0);
-    std::unique_lock<std::mutex> lock(mutex_);
-    done_.wait(lock, [this] { return pending_ == 0; });
-    job_ = nullptr;
+    for (int spins = 0; pending_.load(std::memory_order_acquire) != 0; ++spins) {
+      if (spins < 4096) GLM3_PAUSE();
+      else sched_yield();  // a worker that lost its core: give it ours
+    }
   }
 
  private:
@@ -54,29 +70,41 @@ class WorkerPool {
     for (auto& worker : workers_) worker.detach();
   }
 
+  // The next generation after `seen`: spinning for kSpin, then asleep.
+  uint64_t await(uint64_t seen) {
+    const auto until = std::chrono::steady_clock::now() + kSpin;
+    for (int spins = 1;; ++spins) {
+      const uint64_t now = generation_.load(std::memory_order_acquire);
+      if (now != seen) return now;
+      GLM3_PAUSE();
+      if (spins % 256 == 0) {
+        if (std::chrono::steady_clock::now() > until) break;
+        sched_yield();  // any other runnable thread on this core goes first
+      }
+    }
+    std::unique_lock<std::mutex> lock(mutex_);
+    sleeping_.fetch_add(1, std::memory_order_seq_cst);
+    wake_.wait(lock, [&] { return generation_.load(std::memory_order_seq_cst) != seen; });
+    sleeping_.fetch_sub(1, std::memory_order_relaxed);
+    return generation_.load(std::memory_order_acquire);
+  }
+
   void work(int index) {
     uint64_t seen = 0;
     for (;;) {
-      const std::function<void(int)>* job;
-      {
-        std::unique_lock<std::mutex> lock(mutex_);
-        wake_.wait(lock, [&] { return generation_ != seen; });
-        seen = generation_;
-        job = job_;
-      }
-      (*job)(index);
-      std::lock_guard<std::mutex> lock(mutex_);
-      if (--pending_ == 0) done_.notify_one();
+      seen = await(seen);
+      (*job_.load(std::memory_order_relaxed))(index);
+      pending_.fetch_sub(1, std::memory_order_acq_rel);
     }
   }
 
   pid_t owner_;
   std::vector<std::thread> workers_;
   std::mutex job_mutex_, mutex_;
-  std::condition_variable wake_, done_;
-  const std::function<void(int)>* job_ = nullptr;
-  int pending_ = 0;
-  uint64_t generation_ = 0;
+  std::condition_variable wake_;
+  std::atomic<const std::function<void(int)>*> job_{nullptr};
+  std::atomic<int> pending_{0}, sleeping_{0};
+  std::atomic<uint64_t> generation_{0};
 };
 
 // Splits [0, count) into contiguous chunks that the threads take in turn and
