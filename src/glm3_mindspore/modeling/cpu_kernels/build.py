@@ -121,7 +121,7 @@ STREAMING, BLOCKED = 1, 2
 
 
 def measure_tuning(lib: ctypes.CDLL, path: Path, repeats: int = 5) -> Tuning:
-    """Time the choices on weights larger than the caches (a few seconds in all).
+    """Time the choices on weights read from memory, as decoding reads them (a few seconds in all).
 
     The machine may be busy, and its memory shared with other machines: the
     tile size moves off its default only when it wins clearly in nearly every
