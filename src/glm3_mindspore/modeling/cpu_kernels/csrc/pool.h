@@ -23,14 +23,12 @@
 #include <thread>
 #include <vector>
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#define GLM3_PAUSE() asm volatile("" ::: "memory")
-#else
-#define GLM3_PAUSE() std::this_thread::yield()
-#endif
-
 namespace glm3 {
+
+// One turn of a spin-wait: plain loads, not `pause`, which hypervisors may
+// answer by descheduling a virtual CPU that runs it in a loop (pause-loop
+// exiting); the barrier makes each turn load the atomics afresh.
+inline void spin_once() { asm volatile("" ::: "memory"); }
 
 // Runs part(0..parts-1) on the calling thread and parts-1 workers, one call
 // each, and returns when all are done. One job at a time.
@@ -57,7 +55,7 @@ class WorkerPool {
     }
     part(0);
     for (int spins = 0; pending_.load(std::memory_order_acquire) != 0; ++spins) {
-      if (spins < 4096) GLM3_PAUSE();
+      if (spins < 4096) spin_once();
       else sched_yield();  // a worker that lost its core: give it ours
     }
   }
@@ -76,7 +74,7 @@ class WorkerPool {
     for (int spins = 1;; ++spins) {
       const uint64_t now = generation_.load(std::memory_order_acquire);
       if (now != seen) return now;
-      GLM3_PAUSE();
+      spin_once();
       if (spins % 256 == 0) {
         if (std::chrono::steady_clock::now() > until) break;
         sched_yield();  // any other runnable thread on this core goes first
