@@ -29,11 +29,12 @@ class Linear(nn.Cell):
 
     In inference on CPU the product is our kernel, which reads the weight in
     its stored dtype (no widened copy); in training, without the kernels, and
-    for float32 weights with one row of x (decoding) or from the measured
-    crossover on (:mod:`.cpu_kernels.build`), ``MatMul`` on the weight in the
-    activation dtype. Float32 is the one format MatMul reads itself, and
-    whole decode steps ran faster with it even where ours won alone, so a
-    timing of the product alone cannot decide the one-row case.
+    for float32 weights from the measured crossover on
+    (:mod:`.cpu_kernels.build`), ``MatMul`` on the weight in the activation
+    dtype. Float32 is the one format MatMul reads itself. One row (decoding)
+    follows the same crossover: a decode step that mixes MatMul products with
+    our other kernels alternates two thread pools and ran slower than either
+    alone.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False, dtype=ms.float32) -> None:
@@ -44,9 +45,8 @@ class Linear(nn.Cell):
         self.bias = Parameter(initializer(Zero(), (out_features,), dtype), name="bias") if bias else None
         self.matmul = ops.MatMul(transpose_b=True)
         self.kernel = cpu_kernels.linear("dense")  # None off CPU or without a C++ compiler
-        # float32 weights: MatMul for one row, and from the measured crossover on
+        # float32 weights: MatMul from the measured crossover on
         tuning = cpu_kernels.tuning() if dtype == ms.float32 else None
-        self.matmul_one_row = tuning is not None
         self.matmul_from_rows = tuning.matmul_from_rows if tuning is not None else 0
 
     def construct(self, x: Tensor) -> Tensor:
@@ -60,9 +60,7 @@ class Linear(nn.Cell):
 
     def uses_kernel(self, rows: int) -> bool:
         """Our kernel for inference products of ``rows`` rows (a constant of a compiled graph)."""
-        if self.kernel is None or (rows == 1 and self.matmul_one_row):
-            return False
-        return not 0 < self.matmul_from_rows <= rows
+        return self.kernel is not None and not 0 < self.matmul_from_rows <= rows
 
     def extend_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
