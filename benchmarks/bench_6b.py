@@ -15,7 +15,10 @@ it, in this order and each in its own process, never two at once:
   f16, q8_0 and q4_0 on GGUFs of the same weights (``_gguf.py``);
 * the memory bound: the machine's streaming-read bandwidth (``_bandwidth.cc``)
   divided into the bytes a decode step reads (every weight but the
-  embedding, plus the KV cache);
+  embedding, plus the KV cache). The bandwidth is probed right before and
+  right after each row and the row's bound uses the mean of its two probes:
+  on a shared host the memory's speed moves by half within minutes, and one
+  probe for the whole run made the rows' bounds drift with the hour;
 * ``model.stream_chat`` on ours in ``int4`` and ``bfloat16`` with a 300-token
   prompt: time to first token and tokens/s, as a chat user sees them.
 
@@ -229,23 +232,33 @@ def gguf_step_bytes(path: Path, llama_python: str) -> int:
                               check=True).stdout)
 
 
+def run_probed(cmd: List[str], what: str) -> dict:
+    """``run_child`` between two bandwidth probes; their mean is the row's bandwidth."""
+    before = bandwidth()
+    figures = run_child(cmd, what)
+    after = bandwidth()
+    figures["bandwidth_gb_per_s"] = (before["gb_per_s"] + after["gb_per_s"]) / 2
+    figures["bandwidth_probes"] = [before, after]
+    return figures
+
+
 def table(report: dict) -> str:
-    bw = report["bandwidth"]["gb_per_s"]
-    probe = report["bandwidth"]
-    lines = [f"streaming-read bandwidth {bw:.1f} GB/s ({probe['threads']} threads, best with "
-             f"{probe.get('streams_per_thread', 1)} streams each, prefetch {probe.get('prefetch_bytes', 0)} B); "
-             f"memory bound = bytes read per decode step / bandwidth",
-             "| side | weights | load s | peak RSS GB | prefill tok/s (128) | decode ms/token b1 | bound b1 | "
-             "b1 / bound | decode ms/token b4 | other load, cores |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    probes = [p["gb_per_s"] for row in report["rows"].values() for p in row.get("bandwidth_probes", [])]
+    lines = [f"streaming-read bandwidth probed before and after each row: {min(probes, default=float('nan')):.1f}-"
+             f"{max(probes, default=float('nan')):.1f} GB/s; a row's memory bound = bytes read per decode step / "
+             "the mean of its two probes",
+             "| side | weights | load s | peak RSS GB | prefill tok/s (128) | decode ms/token b1 | bandwidth GB/s | "
+             "bound b1 | b1 / bound | decode ms/token b4 | other load, cores |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, row in report["rows"].items():
         b1, b4 = row["batches"].get("1", {}), row["batches"].get("4", {})
+        bw = row.get("bandwidth_gb_per_s", float("nan"))
         bound = 1e3 * row["step_bytes_b1"] / (bw * GB) if row.get("step_bytes_b1") else float("nan")
         decode1 = b1.get("decode_ms_per_token", float("nan"))
         lines.append(f"| {name} | {row.get('weights_gb', float('nan')):.2f} GB | {row['load_s']:.1f} | "
                      f"{row['peak_rss_gb']:.2f} | {b1.get('prefill_tok_s', float('nan')):.1f} | {decode1:.0f} | "
-                     f"{bound:.0f} | {decode1 / bound:.2f}x | {b4.get('decode_ms_per_token', float('nan')):.0f} | "
-                     f"{row.get('other_cores', float('nan')):.2f} |")
+                     f"{bw:.1f} | {bound:.0f} | {decode1 / bound:.2f}x | "
+                     f"{b4.get('decode_ms_per_token', float('nan')):.0f} | {row.get('other_cores', float('nan')):.2f} |")
     for name, chat in report.get("chat", {}).items():
         lines.append(f"chat {name}: {chat['prompt_tokens']}-token prompt, first token after "
                      f"{chat['time_to_first_token_s']:.1f} s, then {chat['tokens_per_s_after_first']:.2f} tokens/s")
@@ -286,7 +299,6 @@ def main() -> None:
     results.mkdir(parents=True, exist_ok=True)
     report: dict = {"started": time.strftime("%Y-%m-%d %H:%M"), "cpu": _cpu_name(), "rows": {}, "chat": {}}
     source = ensure_weights(work)
-    report["bandwidth"] = bandwidth()
     me = [sys.executable, str(Path(__file__).resolve())]
     common = ["--prompt-len", str(args.prompt_len), "--new-tokens", str(args.new_tokens), "--batch", args.batch,
               "--repeats", str(args.repeats)]
@@ -296,8 +308,8 @@ def main() -> None:
             bits = int(name[3:])
             model, dtype = str(ensure_quantized(work, source, bits, report)), "auto"
         row_file = results / f"ours-{name}.json"
-        figures = run_child(me + ["--_ours-worker", "--model", model, "--dtype", dtype, "--out", str(row_file)]
-                            + common + extra, f"ours {name}")
+        figures = run_probed(me + ["--_ours-worker", "--model", model, "--dtype", dtype, "--out", str(row_file)]
+                             + common + extra, f"ours {name}")
         row = json.loads(row_file.read_text())
         row.update(figures, weights_gb=row["param_bytes"] / GB, step_bytes_b1=row["batches"]["1"]["step_bytes"])
         report["rows"][f"ours {name}"] = row
@@ -312,10 +324,10 @@ def main() -> None:
         for kind in [k for k in args.llama.split(",") if k]:
             gguf = ensure_gguf(work, source, kind, args.llama_python)
             row_file = results / f"llama-{kind}.json"
-            figures = run_child([args.llama_python, str(HERE / "_llamacpp_worker.py"), "--gguf", str(gguf),
-                                 "--threads", str(os.cpu_count()), "--prompt-len", str(args.prompt_len),
-                                 "--new-tokens", str(args.new_tokens), "--batch", args.batch, "--repeats",
-                                 str(args.repeats), "--json", str(row_file)], f"llama.cpp {kind}")
+            figures = run_probed([args.llama_python, str(HERE / "_llamacpp_worker.py"), "--gguf", str(gguf),
+                                  "--threads", str(os.cpu_count()), "--prompt-len", str(args.prompt_len),
+                                  "--new-tokens", str(args.new_tokens), "--batch", args.batch, "--repeats",
+                                  str(args.repeats), "--json", str(row_file)], f"llama.cpp {kind}")
             row = json.loads(row_file.read_text())
             row.update(figures, weights_gb=row["gguf_bytes"] / GB,
                        step_bytes_b1=gguf_step_bytes(gguf, args.llama_python))
