@@ -2,7 +2,8 @@
 
 Random weights of the real shape (28 layers, 6.24 B parameters) are written
 once as a hub folder of fp16 safetensors (``bench_load.py``'s writer). From
-it, in this order and each in its own process, never two at once:
+it, each in its own process, never two at once (each of ours right before
+its llama.cpp peer; ``--rounds`` repeats the whole list, interleaved):
 
 * ours (``AutoModelForCausalLM.from_pretrained``) in ``bfloat16`` and
   ``float16`` from that folder, ``int8`` and ``int4`` from quantized folders
@@ -24,6 +25,7 @@ it, in this order and each in its own process, never two at once:
 
     python benchmarks/bench_6b.py --work /work/bench --out results-6b.json
     python benchmarks/bench_6b.py --work /work/bench --ours int4 --skip-llama --skip-chat   # one row
+    python benchmarks/bench_6b.py --work /work/bench --ours bfloat16,int8,int4 --batch 1 --rounds 3 --skip-chat
 
 Needs about 13 GB of free memory for the bf16/fp16/f16 rows and about 45 GB
 of disk under ``--work`` for the checkpoints and GGUFs.
@@ -51,6 +53,7 @@ from _common import busy_cpu_seconds, wait_for_quiet  # noqa: E402
 
 OURS = ("bfloat16", "float16", "int8", "int4")
 LLAMA = ("f16", "q8_0", "q4_0")
+PEER = {"bfloat16": "f16", "float16": "f16", "int8": "q8_0", "int4": "q4_0"}  # llama.cpp's row for each of ours
 GB = 1e9
 CHAT_TEXT = ("请根据下面的产品信息写一段两百字左右的广告文案，突出面料、版型和适合的场合，语气活泼但不要夸张。"
              "产品信息：类型是连衣裙，版型是A字，风格是简约和通勤，图案是纯色，衣样式是连衣裙，衣领型是V领，"
@@ -242,22 +245,36 @@ def run_probed(cmd: List[str], what: str) -> dict:
     return figures
 
 
+def record(report: dict, name: str, row: dict) -> None:
+    """Keep a row's first run whole and every round's batch-1 decode against its own bound."""
+    bound = 1e3 * row["step_bytes_b1"] / (row["bandwidth_gb_per_s"] * GB)
+    decode = row["batches"]["1"]["decode_ms_per_token"]
+    first = report["rows"].setdefault(name, row)
+    first.setdefault("rounds", []).append({"decode_ms_b1": decode, "bound_ms_b1": bound,
+                                           "bandwidth_gb_per_s": row["bandwidth_gb_per_s"],
+                                           "probes_gb_per_s": [p["gb_per_s"] for p in row["bandwidth_probes"]]})
+
+
 def table(report: dict) -> str:
-    probes = [p["gb_per_s"] for row in report["rows"].values() for p in row.get("bandwidth_probes", [])]
+    probes = [p for row in report["rows"].values() for r in row["rounds"] for p in r["probes_gb_per_s"]]
     lines = [f"streaming-read bandwidth probed before and after each row: {min(probes, default=float('nan')):.1f}-"
              f"{max(probes, default=float('nan')):.1f} GB/s; a row's memory bound = bytes read per decode step / "
              "the mean of its two probes",
+             "(with rounds: medians over the rounds, and each round's decode / bound)",
              "| side | weights | load s | peak RSS GB | prefill tok/s (128) | decode ms/token b1 | bandwidth GB/s | "
-             "bound b1 | b1 / bound | decode ms/token b4 | other load, cores |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "bound b1 | b1 / bound | per round | decode ms/token b4 | other load, cores |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, row in report["rows"].items():
         b1, b4 = row["batches"].get("1", {}), row["batches"].get("4", {})
-        bw = row.get("bandwidth_gb_per_s", float("nan"))
-        bound = 1e3 * row["step_bytes_b1"] / (bw * GB) if row.get("step_bytes_b1") else float("nan")
-        decode1 = b1.get("decode_ms_per_token", float("nan"))
+        rounds = row["rounds"]
+        decode1 = float(np.median([r["decode_ms_b1"] for r in rounds]))
+        bound = float(np.median([r["bound_ms_b1"] for r in rounds]))
+        bw = float(np.median([r["bandwidth_gb_per_s"] for r in rounds]))
+        ratio = float(np.median([r["decode_ms_b1"] / r["bound_ms_b1"] for r in rounds]))
+        each = ", ".join(f"{r['decode_ms_b1']:.0f}/{r['bound_ms_b1']:.0f}" for r in rounds)
         lines.append(f"| {name} | {row.get('weights_gb', float('nan')):.2f} GB | {row['load_s']:.1f} | "
                      f"{row['peak_rss_gb']:.2f} | {b1.get('prefill_tok_s', float('nan')):.1f} | {decode1:.0f} | "
-                     f"{bw:.1f} | {bound:.0f} | {decode1 / bound:.2f}x | "
+                     f"{bw:.1f} | {bound:.0f} | {ratio:.2f}x | {each} | "
                      f"{b4.get('decode_ms_per_token', float('nan')):.0f} | {row.get('other_cores', float('nan')):.2f} |")
     for name, chat in report.get("chat", {}).items():
         lines.append(f"chat {name}: {chat['prompt_tokens']}-token prompt, first token after "
@@ -277,6 +294,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--batch", default="1,4")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=1, help="run every row this many times, interleaved")
     parser.add_argument("--chat-prompt", type=int, default=300)
     parser.add_argument("--out", type=Path, default=None, help="JSON report (default: WORK/results-6b.json)")
     parser.add_argument("--_ours-worker", dest="ours_worker", action="store_true", help=argparse.SUPPRESS)
@@ -302,36 +320,51 @@ def main() -> None:
     me = [sys.executable, str(Path(__file__).resolve())]
     common = ["--prompt-len", str(args.prompt_len), "--new-tokens", str(args.new_tokens), "--batch", args.batch,
               "--repeats", str(args.repeats)]
-    for name in [n for n in args.ours.split(",") if n]:
-        model, dtype, extra = str(source), name, []
+
+    def run_ours(name: str, round_index: int, heading: str) -> None:
+        model, dtype = str(source), name
         if name.startswith("int"):
-            bits = int(name[3:])
-            model, dtype = str(ensure_quantized(work, source, bits, report)), "auto"
+            model, dtype = str(ensure_quantized(work, source, int(name[3:]), report)), "auto"
         row_file = results / f"ours-{name}.json"
         figures = run_probed(me + ["--_ours-worker", "--model", model, "--dtype", dtype, "--out", str(row_file)]
-                             + common + extra, f"ours {name}")
+                             + common, f"ours {name}{heading}")
         row = json.loads(row_file.read_text())
         row.update(figures, weights_gb=row["param_bytes"] / GB, step_bytes_b1=row["batches"]["1"]["step_bytes"])
-        report["rows"][f"ours {name}"] = row
-        if name == "int4":  # quantizing while loading the fp16 folder: its time and peak
+        record(report, f"ours {name}", row)
+        if name == "int4" and round_index == 0:  # quantizing while loading the fp16 folder: its time and peak
             onload = results / "ours-int4-onload.json"
-            run_child(me + ["--_ours-worker", "--model", str(source), "--dtype", "bfloat16", "--quantize-on-load", "4",
-                            "--out", str(onload), "--batch", "1", "--repeats", "1", "--new-tokens", "2",
-                            "--prompt-len", "8"], "ours int4, quantized while loading the fp16 folder")
+            run_child(me + ["--_ours-worker", "--model", str(source), "--dtype", "bfloat16",
+                            "--quantize-on-load", "4", "--out", str(onload), "--batch", "1", "--repeats", "1",
+                            "--new-tokens", "2", "--prompt-len", "8"],
+                      "ours int4, quantized while loading the fp16 folder")
             report["int4_quantized_on_load"] = json.loads(onload.read_text())
-        _write(out, report)
-    if not args.skip_llama:
-        for kind in [k for k in args.llama.split(",") if k]:
-            gguf = ensure_gguf(work, source, kind, args.llama_python)
-            row_file = results / f"llama-{kind}.json"
-            figures = run_probed([args.llama_python, str(HERE / "_llamacpp_worker.py"), "--gguf", str(gguf),
-                                  "--threads", str(os.cpu_count()), "--prompt-len", str(args.prompt_len),
-                                  "--new-tokens", str(args.new_tokens), "--batch", args.batch, "--repeats",
-                                  str(args.repeats), "--json", str(row_file)], f"llama.cpp {kind}")
-            row = json.loads(row_file.read_text())
-            row.update(figures, weights_gb=row["gguf_bytes"] / GB,
-                       step_bytes_b1=gguf_step_bytes(gguf, args.llama_python))
-            report["rows"][f"llama.cpp {kind}"] = row
+
+    def run_llama(kind: str, heading: str) -> None:
+        gguf = ensure_gguf(work, source, kind, args.llama_python)
+        row_file = results / f"llama-{kind}.json"
+        figures = run_probed([args.llama_python, str(HERE / "_llamacpp_worker.py"), "--gguf", str(gguf),
+                              "--threads", str(os.cpu_count()), "--prompt-len", str(args.prompt_len),
+                              "--new-tokens", str(args.new_tokens), "--batch", args.batch, "--repeats",
+                              str(args.repeats), "--json", str(row_file)], f"llama.cpp {kind}{heading}")
+        row = json.loads(row_file.read_text())
+        row.update(figures, weights_gb=row["gguf_bytes"] / GB, step_bytes_b1=gguf_step_bytes(gguf, args.llama_python))
+        record(report, f"llama.cpp {kind}", row)
+
+    ours = [n for n in args.ours.split(",") if n]
+    llama = [] if args.skip_llama else [k for k in args.llama.split(",") if k]
+    for round_index in range(args.rounds):
+        heading = f", round {round_index + 1} of {args.rounds}" if args.rounds > 1 else ""
+        # each of ours right before its llama.cpp peer: the memory's speed moves within minutes
+        pending = list(llama)
+        for name in ours:
+            run_ours(name, round_index, heading)
+            _write(out, report)
+            if PEER[name] in pending:
+                pending.remove(PEER[name])
+                run_llama(PEER[name], heading)
+                _write(out, report)
+        for kind in pending:
+            run_llama(kind, heading)
             _write(out, report)
     if not args.skip_chat:
         for name in ("int4", "bfloat16"):
