@@ -10,7 +10,7 @@ Right after a build, :func:`measure_tuning` times the few choices where no
 single value is best on every CPU (the number of rows up to which streaming
 the weights beats the blocked product, weight rows per tile for one row,
 and from how many rows MindSpore's own ``MatMul`` beats ours on float32
-weights; for one row it always takes them, see :class:`~..layers.Linear`)
+weights, one row included, see :class:`~..layers.Linear`)
 and stores them beside the library; every process then sets them before
 the kernels run.
 """
